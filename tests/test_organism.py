@@ -46,6 +46,17 @@ def test_agreement_on_held_out_generated_prompts(organism, construction):
     assert acc >= 0.97, f"{construction}: accuracy {acc:.3f} on {len(data)} held-out pairs"
 
 
+@pytest.mark.parametrize("construction", ["simple", "within_rc", "across_pp"])
+def test_agreement_on_the_shared_sva_files(organism, construction):
+    """The shared files (../shared/data/sva) hold words of every kind: all are in the vocabulary,
+    and agreement holds on their whole test split (across_rc has no file)."""
+    pairs = sva.load(construction, "test", source="file", tokenizer=organism.tokenizer)
+    data = organism.tokenize(pairs)
+    with torch.no_grad():
+        acc = accuracy(organism.logits(data.clean_tokens, spliced=False), data)
+    assert acc >= 0.97, f"{construction} file: accuracy {acc:.3f} on {len(data)} pairs"
+
+
 def test_spliced_forward_equals_plain(organism, text):
     data = organism.tokenize(sva.load("across_rc", "test", n=32, tokenizer=organism.tokenizer))
     assert len(organism.dictionaries) == len(organism.sites)
