@@ -2,7 +2,9 @@
 
 Models: ``organism`` (shipped in this repo, the offline default), ``pythia-70m-deduped`` (hub:
 EleutherAI/pythia-70m-deduped + the Marks et al. dictionaries of sae_lens), ``gemma-3-270m``
-(PyPI GGUF, no dictionaries yet).
+(PyPI GGUF, no dictionaries yet). ``dictionaries="neurons"`` splices identity dictionaries instead
+(the neuron baseline): the nodes of a site are its raw activations, d_sae = d_model, and the error
+node is identically 0.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from tqdm.auto import tqdm
 
 from saes.dictionary import Dictionary
 from saes.neox import neox_to_hooked
-from saes.sites import site_by_hook_name
+from saes.sites import site_by_hook_name, site_by_name
 from saes.splice import SplicedModel
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ PYTHIA_RELEASES = (
     "pythia-70m-deduped-mlp-sm",
 )
 MODELS = ("organism", "pythia-70m-deduped", "gemma-3-270m")
+NEURONS = "neurons"
 
 
 def default_device() -> str:
@@ -38,7 +41,7 @@ def default_device() -> str:
 def load(
     name: str = "organism",
     *,
-    dictionaries: bool | None = None,
+    dictionaries: bool | str | None = None,
     sites: list[str] | None = None,
     device: str | None = None,
     dtype: torch.dtype = torch.float32,
@@ -46,8 +49,17 @@ def load(
     """Load a model with dictionaries spliced in.
 
     dictionaries: None loads those the model has (none for gemma-3-270m); False gives the bare
-    model (component-level work); True insists on dictionaries. sites: only these sites.
+    model (component-level work); True insists on dictionaries; "neurons" splices an identity
+    dictionary at every site (nodes = the d_model raw activations + an error node that is always
+    0), the neuron baseline, usable wherever SAE dictionaries are. sites: only these sites.
     """
+    if isinstance(dictionaries, str):
+        if dictionaries != NEURONS:
+            raise ValueError(
+                f"dictionaries={dictionaries!r} is not an option; pass True, False, None or "
+                f"{NEURONS!r} (identity dictionaries: neurons as nodes)"
+            )
+        return _with_neurons(load(name, dictionaries=False, device=device, dtype=dtype), sites)
     device = device or default_device()
     start = time.perf_counter()
     if name == "organism":
@@ -73,6 +85,19 @@ def load(
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     log.info("loaded %r in %.1fs", model, time.perf_counter() - start)
     return model
+
+
+def _with_neurons(bare: SplicedModel, sites: list[str] | None) -> SplicedModel:
+    """The bare model with an identity dictionary (d_sae = d_model) at each site (or ``sites``)."""
+    if sites is None:
+        names = [s.name for s in bare.sites]
+    else:
+        names = [site_by_name(bare.cfg, n).name for n in sites]
+    d_model = bare.cfg.d_model
+    dicts = {n: Dictionary.identity_of(d_model).to(dtype=bare.model.cfg.dtype) for n in names}
+    return SplicedModel(
+        bare.model, dicts, name=bare.name, family=bare.family, prepend_bos=bare.prepend_bos
+    )
 
 
 def _hub_model(repo: str, device: str, dtype: torch.dtype):

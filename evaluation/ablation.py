@@ -1,0 +1,293 @@
+"""Mean ablation of the nodes outside a selection, as Sparse Feature Circuits does it.
+
+A node outside the kept selection is replaced by its mean over the *patch* prompts of the
+evaluation set, per token position:
+
+    f'   = where(keep_f,   f,   mean_f[pos])        features   [b, pos, d_sae]
+    err' = where(keep_err, err, mean_err[pos])      error node [b, pos, d_in]
+
+through ``SplicedModel.spliced(edit=...)``: features and error nodes alike. On a bare model
+(no dictionaries) a site's one node is the whole component, ablated the same way. A selection is
+``dict[site, bool]`` shaped like that site's scores: [n_nodes] keeps a node at every position,
+[pos, n_nodes] per position (see circuits/select.py). Ablating every node of every site gives
+m(∅); the plain (unspliced) model gives m(M).
+
+``intact_layers=k`` leaves every site of layers 0..k-1 unablated; ``embed`` counts as layer 0
+here, so it stays intact whenever k >= 1 (k = 0, the default, ablates everything outside).
+
+Many selections run in one forward pass: S selections × b prompts are stacked along the batch
+axis ([S·b, seq]) and each selection's masks broadcast over its b rows, never copied per row.
+The metric is tasks.metrics.logit_diff(kind="evaluation"), logit[clean answer] − logit[patch
+answer] on the clean prompts, averaged over the evaluation set.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens.utilities.activation_functions import apply_softcap
+
+from saes.sites import Site
+from saes.splice import SplicedModel
+from tasks.metrics import logit_diff
+from tasks.pairs import Dataset, PromptPair
+
+Selection = Mapping[str, Tensor]  # site name -> bool [n_nodes] or [pos, n_nodes]
+
+
+@dataclass
+class NodeMeans:
+    """Per-position means of every node over a dataset's patch prompts."""
+
+    features: dict[str, Tensor]  # site -> [pos, d_sae]  ([pos, 0] on a bare model)
+    error: dict[str, Tensor]  # site -> [pos, d_in]    (bare: the component's activation)
+    seq_len: int
+    tokenizer_id: str
+    n_examples: int
+
+
+def node_sites(model: SplicedModel) -> list[Site]:
+    """Sites whose nodes can be ablated: the spliced ones, or every site of a bare model."""
+    return model.spliced_sites if model.dictionaries else list(model.sites)
+
+
+def n_nodes(model: SplicedModel, site: Site) -> int:
+    return model.dictionaries[site.name].d_sae + 1 if model.dictionaries else 1
+
+
+def prepare(model: SplicedModel, data: Dataset | Sequence[PromptPair]) -> Dataset:
+    """Tokenize pairs for the model, or check a Dataset was tokenized for it."""
+    data = model.tokenize(data if isinstance(data, Dataset) else list(data))
+    if len(data) == 0:
+        raise ValueError("the evaluation set is empty; pass at least one prompt pair")
+    return data
+
+
+def _record_hooks(model: SplicedModel, store: dict[str, tuple[Tensor, Tensor]]) -> list:
+    """Bare model: hooks that store (features [b, pos, 0], component [b, pos, d]) per site."""
+
+    def hook(x: Tensor, hook) -> Tensor:
+        store[hook.name] = (x.new_zeros(*x.shape[:-1], 0), x)
+        return x
+
+    return [(s.hook_name, hook) for s in model.sites]
+
+
+@torch.no_grad()
+def node_means(
+    model: SplicedModel, data: Dataset | Sequence[PromptPair], *, batch_size: int = 64
+) -> NodeMeans:
+    """Mean of each node over the patch prompts, per position (padded positions left out)."""
+    data = prepare(model, data)
+    sites = node_sites(model)
+    seq = data.seq_len
+    sums_f: dict[str, Tensor] = {}
+    sums_e: dict[str, Tensor] = {}
+    counts = torch.zeros(seq, device=model.device)  # [pos] real rows at each position
+    for batch in data.batches(batch_size):
+        batch = batch.to(model.device)
+        valid = (torch.arange(seq, device=model.device)[None] < batch.lengths[:, None]).float()
+        nodes = _run_nodes(model, batch.patch_tokens)
+        for site in sites:
+            f, err = nodes[site.name]  # [b, pos, d_sae], [b, pos, d_in]
+            sums_f[site.name] = sums_f.get(site.name, 0) + torch.einsum("bp,bpf->pf", valid, f)
+            sums_e[site.name] = sums_e.get(site.name, 0) + torch.einsum("bp,bpd->pd", valid, err)
+        counts += valid.sum(0)
+    denom = counts.clamp(min=1)[:, None]  # [pos, 1]; a position no prompt reaches: mean 0
+    return NodeMeans(
+        features={k: v / denom for k, v in sums_f.items()},
+        error={k: v / denom for k, v in sums_e.items()},
+        seq_len=seq,
+        tokenizer_id=data.tokenizer_id,
+        n_examples=len(data),
+    )
+
+
+def _run_nodes(model: SplicedModel, tokens: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+    """(features, error) of every node site on tokens [b, seq]; bare: (empty, component)."""
+    if model.dictionaries:
+        record: dict = {}
+        with model.spliced(record=record):
+            model.model(tokens, return_type=None)
+        return {name: (n.features, n.error) for name, n in record.items()}
+    store: dict[str, tuple[Tensor, Tensor]] = {}
+    with model.model.hooks(fwd_hooks=_record_hooks(model, store)):
+        model.model(tokens, return_type=None)
+    return {s.name: store[s.hook_name] for s in model.sites}
+
+
+def check_selection(model: SplicedModel, selection: Selection, seq_len: int) -> dict[str, Tensor]:
+    """A selection as bool masks [pos, n_nodes] per node site (a [n_nodes] mask is broadcast).
+
+    Raises when a site is unknown or missing, or a mask has the wrong shape or dtype.
+    """
+    sites = node_sites(model)
+    names = [s.name for s in sites]
+    unknown = [k for k in selection if k not in names]
+    missing = [k for k in names if k not in selection]
+    if unknown or missing:
+        raise ValueError(
+            f"selection does not match the model's node sites {names}: unknown {unknown}, "
+            f"missing {missing}; select nodes from scores of this model "
+            f"(load it with the same dictionaries, e.g. dictionaries='neurons' for neuron scores)"
+        )
+    out = {}
+    for site in sites:
+        mask = torch.as_tensor(selection[site.name])
+        size = n_nodes(model, site)
+        if mask.dtype != torch.bool:
+            raise ValueError(
+                f"selection[{site.name!r}] has dtype {mask.dtype}; masks must be bool "
+                "(circuits.select.select_nodes makes them)"
+            )
+        if mask.shape == (size,):
+            mask = mask.expand(seq_len, size)
+        elif mask.shape != (seq_len, size):
+            raise ValueError(
+                f"selection[{site.name!r}] has shape {tuple(mask.shape)}; site {site.name} has "
+                f"{size} nodes, so a mask is [{size}] or [pos, {size}] = [{seq_len}, {size}] for "
+                "this dataset (scores of another model, or of prompts of another length?)"
+            )
+        out[site.name] = mask.to(model.device)
+    return out
+
+
+def full_selection(model: SplicedModel, value: bool = True) -> dict[str, Tensor]:
+    """Every node kept (value=True) or none (False), as [n_nodes] masks."""
+    return {
+        s.name: torch.full((n_nodes(model, s),), value, dtype=torch.bool, device=model.device)
+        for s in node_sites(model)
+    }
+
+
+def _check_means(means: NodeMeans, data: Dataset) -> None:
+    if means.tokenizer_id != data.tokenizer_id or means.seq_len != data.seq_len:
+        raise ValueError(
+            f"means were computed on data of tokenizer {means.tokenizer_id!r} and length "
+            f"{means.seq_len}, not on this evaluation set ({data.tokenizer_id!r}, length "
+            f"{data.seq_len}); compute them with node_means(model, data) on the same set"
+        )
+
+
+@torch.no_grad()
+def ablated_metrics(
+    model: SplicedModel,
+    data: Dataset | Sequence[PromptPair],
+    selections: Sequence[Selection | None],
+    *,
+    means: NodeMeans | None = None,
+    intact_layers: int = 0,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> Tensor:
+    """Mean evaluation metric with everything outside each selection mean-ablated: [S].
+
+    A selection of None is the plain model, m(M). batch_size: rows (selections × prompts) per
+    forward pass.
+    """
+    data = prepare(model, data)
+    if not isinstance(intact_layers, int) or intact_layers < 0:
+        raise ValueError(f"intact_layers must be an integer >= 0, got {intact_layers!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    means = node_means(model, data) if means is None else means
+    _check_means(means, data)
+    seq = data.seq_len
+    sites = node_sites(model)
+    intact = {s.name for s in sites if max(s.layer, 0) < intact_layers}
+    masks = [None if sel is None else check_selection(model, sel, seq) for sel in selections]
+    plain = [i for i, m in enumerate(masks) if m is None]
+    ablate = [i for i, m in enumerate(masks) if m is not None]
+    totals = torch.zeros(len(selections), dtype=torch.float64)
+
+    rows = min(len(data), batch_size)  # prompts per forward
+    per_forward = max(1, batch_size // rows)  # selections per forward
+    groups = [ablate[i : i + per_forward] for i in range(0, len(ablate), per_forward)]
+    n_steps = math.ceil(len(data) / rows) * (len(groups) + bool(plain))
+    bar = tqdm(total=n_steps, desc="ablate", disable=not progress, leave=False)
+    for batch in data.batches(rows):
+        batch = batch.to(model.device)
+        if plain:
+            value = _metric(model, batch, batch.clean_tokens, spliced=False).sum()
+            totals[plain] += float(value)
+            bar.update()
+        for group in groups:
+            keep = {  # site -> [S, 1, pos, n_nodes]
+                name: torch.stack([masks[i][name] for i in group])[:, None]
+                for name in masks[group[0]]
+            }
+            for name in intact:
+                keep[name] = torch.ones_like(keep[name][:1])
+            edit = _mean_edit(model, keep, means, len(group))
+            tokens = batch.clean_tokens.repeat(len(group), 1)  # [S·b, seq]
+            value = _metric(model, batch, tokens, edit=edit)  # [S·b]
+            totals[group] += value.view(len(group), -1).sum(1).double().cpu()
+            bar.update()
+    bar.close()
+    return (totals / len(data)).float()
+
+
+def _mean_edit(model: SplicedModel, keep: dict[str, Tensor], means: NodeMeans, n_sel: int):
+    """edit(site, f, err) replacing the nodes outside ``keep`` by their means."""
+
+    def edit(site: Site, f: Tensor, err: Tensor) -> tuple[Tensor, Tensor]:
+        mask = keep[site.name]  # [S or 1, 1, pos, n_nodes]
+        sb, pos = f.shape[:2]
+        shape = (n_sel, sb // n_sel, pos)
+        d_f, d_e = f.shape[-1], err.shape[-1]
+        f = torch.where(
+            mask[..., :-1], f.view(*shape, d_f), means.features[site.name][:pos]
+        ).view(sb, pos, d_f)
+        err = torch.where(
+            mask[..., -1:], err.view(*shape, d_e), means.error[site.name][:pos]
+        ).view(sb, pos, d_e)
+        return f, err
+
+    return edit
+
+
+def _bare_hooks(model: SplicedModel, edit) -> list:
+    """Bare model: apply ``edit`` to each component as the error node of a featureless site."""
+
+    def make(site: Site):
+        def hook(x: Tensor, hook) -> Tensor:
+            _, x = edit(site, x.new_zeros(*x.shape[:-1], 0), x)
+            return x
+
+        return hook
+
+    return [(s.hook_name, make(s)) for s in model.sites]
+
+
+def _metric(
+    model: SplicedModel, batch: Dataset, tokens: Tensor, *, edit=None, spliced: bool = True
+) -> Tensor:
+    """Evaluation logit difference [rows] of tokens [rows, seq] (rows = S copies of batch)."""
+    tl = model.model
+    copies = tokens.shape[0] // len(batch)
+    lengths = batch.lengths.repeat(copies)  # [rows]
+    out: dict[str, Tensor] = {}
+    final = f"blocks.{tl.cfg.n_layers - 1}.hook_resid_post"
+
+    def keep_final(x: Tensor, hook) -> Tensor:
+        out["resid"] = x
+        return x
+
+    if spliced and model.dictionaries:
+        with model.spliced(edit=edit), tl.hooks(fwd_hooks=[(final, keep_final)]):
+            tl(tokens, return_type=None)
+    else:
+        hooks = _bare_hooks(model, edit) if edit is not None else []
+        with tl.hooks(fwd_hooks=[*hooks, (final, keep_final)]):
+            tl(tokens, return_type=None)
+    resid = out["resid"]  # [rows, seq, d]
+    last = resid[torch.arange(len(resid), device=resid.device), lengths - 1][:, None]  # [rows,1,d]
+    logits = tl.unembed(tl.ln_final(last) if tl.cfg.normalization_type else last)[:, 0]
+    logits = apply_softcap(logits, tl.cfg.output_logits_soft_cap)  # [rows, vocab]
+    repeated = batch.subset(torch.arange(len(batch)).repeat(copies))
+    return logit_diff(logits, repeated, "evaluation")  # [rows]

@@ -1,0 +1,145 @@
+"""``sweep``: faithfulness and completeness along a range of node thresholds, per method.
+
+Attribution is done before (the scores are an input; evaluation never computes them). For each
+method and each threshold (|score| >= t, circuits.select.select_nodes) or node count (top k),
+the circuit C and its complement M ∖ C are mean-ablated; m(∅) and m(M) are measured once. All
+distinct selections of all methods go through one batched ablation call (evaluation/ablation.py):
+several selections per forward pass, each selection's masks broadcast over its prompts; equal
+selections (thresholds between the same two scores) are run once.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from circuits.scores import Scores
+from circuits.select import select_nodes
+from evaluation.ablation import NodeMeans, ablated_metrics, full_selection, node_means, prepare
+from evaluation.faithfulness import MIN_GAP, complement, count, ratio
+from saes.splice import SplicedModel
+from tasks.pairs import Dataset, PromptPair
+
+COLUMNS = (
+    "method", "threshold", "top_k", "n_nodes", "n_edges", "faithfulness", "completeness",
+    "m_circuit", "m_complement", "m_empty", "m_full",
+)
+
+
+def default_node_counts(total: int, n: int = 16) -> list[int]:
+    """0, then ~n counts spaced geometrically from 1 to ``total`` (distinct, ascending)."""
+    grid = np.unique(np.round(np.geomspace(1, max(total, 1), n)).astype(int))
+    return [0, *grid.tolist()]
+
+
+def sweep(
+    model: SplicedModel,
+    scores: Scores | Mapping[str, Scores],
+    data: Dataset | Sequence[PromptPair],
+    *,
+    thresholds: Iterable[float] | None = None,
+    node_counts: Iterable[int] | None = None,
+    means: NodeMeans | None = None,
+    intact_layers: int = 0,
+    batch_size: int = 256,
+    min_gap: float = MIN_GAP,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """One row per (method, threshold): columns COLUMNS.
+
+    scores: one Scores, or {label: Scores} (the label fills the "method" column; one Scores is
+    labelled by its method). Give thresholds (|score| >= t) or node_counts (the top k nodes by
+    |score|); neither: node_counts = default_node_counts(total nodes). faithfulness /
+    completeness are NaN (with one warning) when |m(M) − m(∅)| < min_gap. n_edges is NaN until
+    edges are integrated. Rows are sorted by method, then by decreasing threshold / increasing k.
+    """
+    if thresholds is not None and node_counts is not None:
+        raise ValueError("give thresholds= or node_counts=, not both")
+    labelled = {scores.method: scores} if isinstance(scores, Scores) else dict(scores)
+    if not labelled:
+        raise ValueError("no scores to sweep; pass a Scores or a non-empty {label: Scores}")
+    for label, s in labelled.items():
+        if not isinstance(s, Scores):
+            raise TypeError(f"scores[{label!r}] is a {type(s).__name__}, not a circuits.Scores")
+        if s.model != model.name:
+            raise ValueError(
+                f"scores[{label!r}] were computed on model {s.model!r}, not {model.name!r}; "
+                "sweep each model's scores with that model"
+            )
+    data = prepare(model, data)
+    if thresholds is not None:
+        grid = sorted({float(t) for t in thresholds}, reverse=True)
+        bad = [t for t in grid if math.isnan(t) or t < 0]
+        if bad:
+            raise ValueError(f"thresholds must be numbers >= 0, got {bad}")
+        mode = "threshold"
+    else:
+        if node_counts is None:
+            total = max(sum(v.numel() for v in s.sites.values()) for s in labelled.values())
+            node_counts = default_node_counts(total)
+        grid = sorted({int(k) for k in node_counts})
+        if grid and grid[0] < 0:
+            raise ValueError(f"node_counts must be integers >= 0, got {grid}")
+        mode = "top_k"
+
+    # every (label, grid point): C and M ∖ C; distinct selections run once
+    unique: dict[bytes, int] = {}
+    selections: list[dict[str, Tensor] | None] = [None, full_selection(model, False)]
+    plan: list[tuple[str, float, int, int, int, int]] = []  # label, t, k, n, i_c, i_rest
+    for label, s in labelled.items():
+        for point in grid:
+            if mode == "threshold":
+                sel = select_nodes(s, node_threshold=point)
+            else:
+                sel = select_nodes(s, top_k=point)
+            kept = [_index(sel, unique, selections), _index(complement(sel), unique, selections)]
+            threshold = point if mode == "threshold" else _smallest_kept(s, sel)
+            plan.append((label, threshold, point if mode == "top_k" else -1, count(sel), *kept))
+    means = node_means(model, data) if means is None else means
+    metrics = ablated_metrics(
+        model, data, selections, means=means, intact_layers=intact_layers,
+        batch_size=batch_size, progress=progress,
+    ).tolist()
+    m_full, m_empty = metrics[0], metrics[1]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = []
+        for label, threshold, top_k, n, i_c, i_rest in plan:
+            rows.append({
+                "method": label,
+                "threshold": threshold,
+                "top_k": top_k if top_k >= 0 else math.nan,
+                "n_nodes": n,
+                "n_edges": math.nan,
+                "faithfulness": ratio(metrics[i_c], m_empty, m_full, min_gap=min_gap),
+                "completeness": ratio(metrics[i_rest], m_empty, m_full, min_gap=min_gap,
+                                      what="completeness"),
+                "m_circuit": metrics[i_c],
+                "m_complement": metrics[i_rest],
+                "m_empty": m_empty,
+                "m_full": m_full,
+            })
+    if caught:  # one warning for the whole sweep, not one per row
+        warnings.warn(str(caught[0].message), RuntimeWarning, stacklevel=2)
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def _index(sel: dict[str, Tensor], unique: dict[bytes, int], out: list) -> int:
+    """Position of ``sel`` in ``out``, appending it if no equal selection is there yet."""
+    key = b"".join(m.detach().cpu().numpy().tobytes() for m in sel.values())
+    if key not in unique:
+        unique[key] = len(out)
+        out.append(sel)
+    return unique[key]
+
+
+def _smallest_kept(scores: Scores, sel: dict[str, Tensor]) -> float:
+    """The least |score| among kept nodes: the threshold a top-k selection amounts to."""
+    kept = [v.abs()[sel[k]] for k, v in scores.sites.items() if bool(sel[k].any())]
+    return float(torch.cat(kept).min()) if kept else math.inf
