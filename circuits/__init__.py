@@ -1,11 +1,15 @@
-"""Circuit discovery: node attribution scores for spliced models (``attribute`` -> ``Scores``).
+"""Circuit discovery: node attribution scores for spliced models (``attribute`` -> ``Scores``),
+edge scores among selected nodes (``attribute_edges`` -> ``EdgeScores``), and the circuit graph
+(``build`` -> ``Circuit``).
 
 Methods (one file each in circuits/methods/): exact activation patching, AtP, AtP*, integrated
 gradients and RelP; the LRP rules of RelP are in circuits/lrp_rules.py.
 """
 
 from circuits.attribute import attribute
+from circuits.edges import EdgeScores, attribute_edges
 from circuits.methods import METHODS
 from circuits.scores import Scores
+from circuits.select import select_nodes
 
-__all__ = ["METHODS", "Scores", "attribute"]
+__all__ = ["METHODS", "EdgeScores", "Scores", "attribute", "attribute_edges", "select_nodes"]

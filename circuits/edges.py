@@ -1,0 +1,528 @@
+"""Edge attribution between the nodes of connected sites, as Sparse Feature Circuits defines it.
+
+The effect of upstream node u on the metric m through downstream node d, every other path cut:
+
+    w(u → d) = Σ_positions Δu · ∂/∂u [ g_d · d ]          averaged over examples
+
+d is the downstream node's value as a function of the upstream site's activation with the other
+sites of the block held at their clean values (stop-gradient), g_d = ∂m/∂d its gradient at the
+clean run (held constant), Δu = patch − clean the upstream node's move. For a feature i of a
+downstream site D, d = f_i(x_D) (through D's encoder: gate_i · W_enc[:, i]) and g_d = W_dec[i] · g;
+for D's error node d = x_D − x̂_D; for a bare component, d = x_D. Summing a node's incoming
+edges over all its upstream nodes gives g_d · (∂d/∂x_D) · Δx_D: its own node score wherever d is
+linear in the upstream sites (tests/test_edges.py checks this on a linear toy).
+
+Structure from the model config (saes.sites.upstream): with parallel blocks (Pythia)
+embed / resid_{L-1} → attn_L, mlp_L, resid_L and attn_L, mlp_L → resid_L; sequential blocks add
+attn_L → mlp_L. resid_L = resid_{L-1} + attn_L + mlp_L, so every edge into a resid site has the
+identity as its Jacobian (checked on each batch); edges into attn_L / mlp_L take one
+vector-Jacobian product through that block's sublayer. Nodes of the last sites (those no other
+site reads; resid_{n-1}) get an edge to the metric: their node score Δu · g.
+
+Methods: ``atp`` uses g at the clean run and the clean Jacobian. ``relp`` the same with the LRP
+rule hooks active (for g and for the block's backward: the LRP-changed backward pass). ``ig``, as
+Sparse Feature Circuits does, uses as g_d the integrated gradient ḡ at D (mean over the
+clean → patch path of D alone, the one the ig node scores use) and the clean Jacobian.
+
+Speed: one forward of each block per batch, then one batched vector-Jacobian product
+(``is_grads_batched``: one row per downstream node, chunked) for all selected downstream nodes of
+a site, never one backward per node. Downstream cotangents and upstream dot products are sparse:
+only the W_enc columns / W_dec rows of selected or active features are gathered.
+
+Positions. aggregation "sum" (the scores' [n_nodes] masks): a node stands for all its positions,
+d summed over positions and u over positions (as SFC). "none" ([pos, n_nodes] masks): a node is
+(position, node) and edges are kept per position pair; the Jacobian decides which pairs exist:
+into resid and mlp sites only from the same position, into attn sites from any earlier position.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from circuits.lrp_rules import rule_hooks, rules_for
+from circuits.methods.atp import clean_gradients
+from circuits.methods.ig import site_gradient
+from circuits.nodes import SiteDelta, linear_scores, node_sites, sparse_decode
+from circuits.runs import Hook, Targets, entry, resid_pre, run, valid_positions
+from saes.dictionary import Dictionary
+from saes.sites import Site, upstream
+from saes.splice import SplicedModel
+from tasks.pairs import Dataset, PromptPair
+
+log = logging.getLogger(__name__)
+
+EDGE_METHODS = ("atp", "ig", "relp")
+METRIC = "metric"  # the name of the metric node and of its pseudo-site
+CHUNK_FLOATS = 1 << 23  # floats of a [N, b, pos, d] cotangent chunk (32 MB)
+_HEADER_KEY = "circuits.edges"
+
+
+# ---- the result ------------------------------------------------------------------------------
+@dataclass
+class EdgeScores:
+    """Edge weights among selected nodes, averaged over examples.
+
+    ``nodes[site]`` lists the selected nodes of a site as flat indices into that site's score
+    tensor of shape ``shapes[site]`` ([n_nodes]: node index; [pos, n_nodes]: pos·n_nodes + node).
+    ``weights[(up, down)]`` is [len(nodes[down]), len(nodes[up])]; ``metric[site]`` is
+    [len(nodes[site])], the edges from the last sites' nodes to the metric.
+    """
+
+    method: str
+    model: str
+    aggregation: str  # "sum" or "none"
+    n_examples: int
+    shapes: dict[str, tuple[int, ...]]  # site -> score shape of the site
+    nodes: dict[str, Tensor]  # site -> long [n_selected]
+    weights: dict[tuple[str, str], Tensor]  # (up, down) -> [n_down, n_up]
+    metric: dict[str, Tensor]  # last site -> [n_selected]
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_edges(self) -> int:
+        """Number of non-zero edges."""
+        return int(sum(int(w.count_nonzero()) for w in self.weights.values())) + int(
+            sum(int(w.count_nonzero()) for w in self.metric.values())
+        )
+
+    def edges(self) -> Iterator[tuple[str, int, str, int | None, float]]:
+        """(up site, up flat index, down site or METRIC, down flat index or None, weight) for
+        every non-zero edge."""
+        for (up, down), w in self.weights.items():
+            for i, j in w.nonzero().tolist():
+                yield up, int(self.nodes[up][j]), down, int(self.nodes[down][i]), float(w[i, j])
+        for site, w in self.metric.items():
+            for (j,) in w.nonzero().tolist():
+                yield site, int(self.nodes[site][j]), METRIC, None, float(w[j])
+
+    def __repr__(self) -> str:
+        counts = {k: len(v) for k, v in self.nodes.items() if len(v)}
+        return (
+            f"EdgeScores(method={self.method!r}, model={self.model!r}, aggregation="
+            f"{self.aggregation!r}, n_examples={self.n_examples}, nodes={counts}, "
+            f"n_edges={self.n_edges})"
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """One .safetensors file (tensors + a JSON header), no pickle; returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "method": self.method, "model": self.model, "aggregation": self.aggregation,
+            "n_examples": self.n_examples, "options": self.options,
+            "shapes": {k: list(v) for k, v in self.shapes.items()},
+            "pairs": [list(p) for p in self.weights], "metric_sites": list(self.metric),
+        }
+        tensors = {f"nodes/{k}": v for k, v in self.nodes.items()}
+        tensors |= {f"weights/{u}/{d}": w for (u, d), w in self.weights.items()}
+        tensors |= {f"metric/{k}": w for k, w in self.metric.items()}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        save_file(tensors, str(path), metadata={_HEADER_KEY: json.dumps(meta)})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> EdgeScores:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no edge scores file at {path}; write one with "
+                                    "EdgeScores.save")
+        with safe_open(str(path), framework="pt") as f:
+            header = (f.metadata() or {}).get(_HEADER_KEY)
+            if header is None:
+                raise ValueError(f"{path} is not an EdgeScores file (no {_HEADER_KEY!r} "
+                                 "header); write it with EdgeScores.save")
+            meta = json.loads(header)
+            return cls(
+                method=meta["method"], model=meta["model"], aggregation=meta["aggregation"],
+                n_examples=meta["n_examples"], options=meta["options"],
+                shapes={k: tuple(v) for k, v in meta["shapes"].items()},
+                nodes={k: f.get_tensor(f"nodes/{k}") for k in meta["shapes"]},
+                weights={(u, d): f.get_tensor(f"weights/{u}/{d}") for u, d in meta["pairs"]},
+                metric={k: f.get_tensor(f"metric/{k}") for k in meta["metric_sites"]},
+            )
+
+
+# ---- the structure ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Structure:
+    """Which sites feed which, read from the model config."""
+
+    sites: list[Site]  # node sites, forward order
+    upstream: dict[str, list[Site]]  # downstream site name -> its upstream node sites
+    last: list[Site]  # sites the metric reads directly
+
+
+def structure(model: SplicedModel) -> Structure:
+    sites = node_sites(model)
+    names = {s.name for s in sites}
+    if model.dictionaries and len(names) != len(model.sites):
+        missing = [s.name for s in model.sites if s.name not in names]
+        raise ValueError(
+            f"edges need a dictionary at every site (paths through unspliced sites cannot be "
+            f"cut); {model.name} has none at {missing}: load dictionaries for every site or use "
+            "the bare model"
+        )
+    ups = {s.name: [u for u in upstream(model.cfg, s) if u.name in names] for s in sites}
+    fed = {u.name for us in ups.values() for u in us}
+    return Structure(sites, ups, [s for s in sites if s.name not in fed])
+
+
+# ---- the computation -------------------------------------------------------------------------
+def attribute_edges(
+    model: SplicedModel,
+    data: Dataset | Sequence[PromptPair],
+    method: str,
+    selection: dict[str, Tensor],
+    *,
+    batch_size: int = 32,
+    steps: int = 10,
+    rules: Sequence[str] | None = None,
+    progress: bool = True,
+) -> EdgeScores:
+    """Edge weights among the nodes of ``selection`` (site -> bool mask shaped like that site's
+    scores, e.g. from ``select_nodes``), plus each selected node of the last sites → metric.
+
+    method: "atp", "ig" (``steps`` interpolation steps) or "relp" (``rules``: LRP rule names,
+    None: the model family's set). Masks of shape [n_nodes] give position-summed edges, masks of
+    shape [pos, n_nodes] edges per position pair (prompts of one token length).
+    """
+    if method not in EDGE_METHODS:
+        raise ValueError(
+            f"method {method!r} has no edge definition; edges are computed with one of "
+            f"{EDGE_METHODS} (e.g. score nodes with 'exact' and compute edges with 'atp')"
+        )
+    if rules is not None and method != "relp":
+        raise ValueError(f"rules= applies to method 'relp' only, not {method!r}; drop rules=")
+    for name, value in (("batch_size", batch_size), ("steps", steps)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    data = model.tokenize(data if isinstance(data, Dataset) else list(data))
+    if len(data) == 0:
+        raise ValueError("the dataset is empty; pass at least one prompt pair")
+    plan = structure(model)
+    masks, aggregation = _check_selection(model, plan, selection, data)
+    hooks: list[Hook] = []
+    options: dict[str, Any] = {}
+    if method == "relp":
+        resolved = rules_for(model, None if rules is None else tuple(rules))
+        hooks, options = rule_hooks(model.model, resolved), {"rules": list(resolved)}
+    if method == "ig":
+        options = {"steps": steps}
+
+    device = model.device
+    nodes = {name: m.flatten().nonzero()[:, 0] for name, m in masks.items()}  # [n_sel]
+    weights: dict[tuple[str, str], Tensor] = {}
+    for site in plan.sites:
+        for up in plan.upstream[site.name]:
+            if len(nodes[site.name]) and len(nodes[up.name]):
+                weights[(up.name, site.name)] = torch.zeros(
+                    len(nodes[site.name]), len(nodes[up.name]), device=device)
+    metric = {s.name: torch.zeros(len(nodes[s.name]), device=device) for s in plan.last}
+
+    start = time.perf_counter()
+    n_batches = math.ceil(len(data) / batch_size)
+    for batch in tqdm(data.batches(batch_size), total=n_batches, desc=f"edges {method}",
+                      disable=not progress):
+        _edges_of_batch(model, batch.to(device), method, plan, masks, nodes, hooks, steps,
+                        weights, metric)
+    log.info("%s edges on %d examples in %.1fs", method, len(data), time.perf_counter() - start)
+    shapes = {name: tuple(m.shape) for name, m in masks.items()}
+    return EdgeScores(
+        method=method, model=model.name, aggregation=aggregation, n_examples=len(data),
+        shapes=shapes, nodes={k: v.cpu() for k, v in nodes.items()},
+        weights={k: (w / len(data)).cpu() for k, w in weights.items()},
+        metric={k: (w / len(data)).cpu() for k, w in metric.items()}, options=options,
+    )
+
+
+def _check_selection(
+    model: SplicedModel, plan: Structure, selection: dict[str, Tensor], data: Dataset
+) -> tuple[dict[str, Tensor], str]:
+    """Masks on the model's device for every node site (absent: none selected), aggregation."""
+    names = [s.name for s in plan.sites]
+    unknown = [k for k in selection if k not in names]
+    if unknown:
+        raise ValueError(f"selection names unknown site(s) {unknown}; sites are {names}")
+    ndims = {torch.as_tensor(m).ndim for m in selection.values()}
+    if len(ndims) > 1 or not ndims <= {1, 2}:
+        raise ValueError(
+            "selection masks must all be [n_nodes] (position-summed) or all [pos, n_nodes] "
+            f"(per position); got dims {sorted(ndims)}"
+        )
+    per_position = ndims == {2}
+    if per_position and not data.uniform_length:
+        raise ValueError("per-position edges ([pos, n_nodes] masks) need prompts of one token "
+                         "length; use position-summed scores or a fixed-length construction")
+    masks = {}
+    for site in plan.sites:
+        size = model.dictionaries[site.name].d_sae + 1 if model.dictionaries else 1
+        shape = (data.seq_len, size) if per_position else (size,)
+        mask = selection.get(site.name)
+        mask = torch.zeros(shape, dtype=torch.bool) if mask is None else torch.as_tensor(mask)
+        if mask.dtype != torch.bool or tuple(mask.shape) != shape:
+            raise ValueError(
+                f"selection[{site.name!r}] is {mask.dtype} {tuple(mask.shape)}; expected a bool "
+                f"mask of shape {shape} (use circuits.select_nodes on scores of this model and "
+                "data)"
+            )
+        masks[site.name] = mask.to(model.device)
+    return masks, "none" if per_position else "sum"
+
+
+@dataclass
+class _SiteState:
+    """One site on one batch: clean activation, node deltas, gradient, active clean features."""
+
+    x: Tensor  # [b, pos, d] clean activation
+    delta: SiteDelta
+    grad: Tensor  # [b, pos, d] g (or ḡ for ig); zeros where the metric does not read the site
+    active: Tensor  # [A, 3] long (batch, pos, feature) with f_clean != 0 ([0, 3] when bare)
+
+
+def _edges_of_batch(
+    model: SplicedModel,
+    batch: Dataset,
+    method: str,
+    plan: Structure,
+    masks: dict[str, Tensor],
+    nodes: dict[str, Tensor],
+    hooks: list[Hook],
+    steps: int,
+    weights: dict[tuple[str, str], Tensor],
+    metric: dict[str, Tensor],
+) -> None:
+    """Add this batch's edge weights (summed over its examples) into ``weights``/``metric``."""
+    states, inputs = _site_states(model, batch, method, plan, hooks, steps)
+    _check_residual_sum(model, states)
+    for site in plan.last:  # edges to the metric: the node scores Δu · g
+        scores = linear_scores(model, states[site.name].delta, states[site.name].grad)
+        flat = scores.sum(0) if masks[site.name].ndim == 2 else scores.sum((0, 1))
+        metric[site.name] += flat.flatten()[nodes[site.name]]
+    blocks: dict[int, _Block] = {}
+    for site in plan.sites:
+        ups = [u for u in plan.upstream[site.name] if (u.name, site.name) in weights]
+        if not ups:
+            continue
+        if site.kind in ("attn", "mlp") and site.layer not in blocks:
+            blocks = {site.layer: _Block(model, site.layer, inputs, hooks)}  # one alive
+        down = nodes[site.name]
+        per_node = CHUNK_FLOATS // states[site.name].x[0].numel() // len(batch) + 1
+        for start in range(0, len(down), per_node):
+            rows = slice(start, start + per_node)
+            v = _cotangents(model, site, states[site.name], down[rows], masks[site.name])
+            for up in ups:  # v: [N, b, pos, d] at the downstream site
+                g_up = v if site.kind == "resid" else blocks[site.layer].vjp(site, up, v)
+                weights[(up.name, site.name)][rows] += _upstream_dots(
+                    model, states[up.name].delta, g_up, masks[up.name], nodes[up.name])
+
+
+def _site_states(
+    model: SplicedModel, batch: Dataset, method: str, plan: Structure, hooks: list[Hook],
+    steps: int,
+) -> tuple[dict[str, _SiteState], dict[str, Tensor]]:
+    """Per-site state, and the clean inputs of every block (by hook name)."""
+    names = [s.hook_name for s in plan.sites]
+    layers = model.cfg.n_layers
+    inputs = [resid_pre(layer) for layer in range(layers)]
+    if not model.cfg.parallel_attn_mlp:
+        inputs += [f"blocks.{layer}.hook_resid_mid" for layer in range(layers)]
+    targets = Targets.of(batch)
+    if method == "ig":
+        entries = {s.name: entry(model, s) for s in plan.sites}
+        _, clean = run(model, batch.clean_tokens, targets,
+                       record=names + inputs + [e.resid for e in entries.values()])
+        grads = {}
+    else:
+        clean, grads = clean_gradients(model, batch, list(dict.fromkeys(names + inputs)), hooks)
+    _, patch = run(model, batch.patch_tokens, targets, record=names)
+    valid = valid_positions(batch, batch.clean_tokens.shape[1])
+    states = {}
+    for site in plan.sites:
+        name = site.hook_name
+        if method == "ig":
+            enter = entries[site.name]
+            grad = site_gradient(model, batch, enter, clean[enter.resid], clean[name],
+                                 patch[name], steps)
+        else:
+            grad = grads[name]
+            grad = torch.zeros_like(clean[name]) if grad is None else grad.detach()
+        delta, active = _delta_and_active(model, site, clean[name], patch[name], valid)
+        states[site.name] = _SiteState(clean[name], delta, grad, active)
+    return states, clean
+
+
+def _delta_and_active(
+    model: SplicedModel, site: Site, x_clean: Tensor, x_patch: Tensor, valid: Tensor
+) -> tuple[SiteDelta, Tensor]:
+    """circuits.nodes.site_delta, plus the features active on the clean run (one encoding)."""
+    dx = (x_patch - x_clean) * valid[..., None]  # [b, pos, d]
+    if not model.dictionaries:
+        empty = torch.zeros(0, 3, dtype=torch.long, device=dx.device)
+        return SiteDelta(site, empty, dx.new_zeros(0), dx, 1), empty
+    dictionary = model.dictionaries[site.name]
+    with torch.no_grad():
+        f_clean = dictionary.encode(x_clean)  # [b, pos, d_sae]
+        active = _gate(dictionary, f_clean).nonzero()  # [A, 3]
+        df = (dictionary.encode(x_patch) - f_clean) * valid[..., None]
+        del f_clean
+        index = df.nonzero()  # [K, 3]
+        values = df[index[:, 0], index[:, 1], index[:, 2]]  # [K]
+        del df
+        err = dx - sparse_decode(dictionary.W_dec, index, values, dx.shape)
+    return SiteDelta(site, index, values, err, dictionary.d_sae + 1), active
+
+
+def _gate(dictionary: Dictionary, f: Tensor) -> Tensor:
+    """∂f/∂pre at the clean run as a bool: 1 where the feature is active (ReLU, JumpReLU and
+    TopK pass the pre-activation through with slope 1 there), everywhere for the identity."""
+    if dictionary.identity:
+        return torch.ones_like(f, dtype=torch.bool)
+    return f != 0
+
+
+def _check_residual_sum(model: SplicedModel, states: dict[str, _SiteState]) -> None:
+    """resid_L = resid_{L-1} + attn_L + mlp_L: what makes every edge into resid an identity."""
+    for layer in range(model.cfg.n_layers):
+        prev = states["embed" if layer == 0 else f"resid_{layer - 1}"].x
+        total = prev + states[f"attn_{layer}"].x + states[f"mlp_{layer}"].x
+        got = states[f"resid_{layer}"].x
+        if not torch.allclose(total, got, atol=1e-4 * (1 + float(got.abs().max())), rtol=1e-4):
+            raise ValueError(
+                f"resid_{layer} != resid_{layer - 1} + attn_{layer} + mlp_{layer} in "
+                f"{model.name} (e.g. a norm after the sublayer outputs); edges assume the "
+                "residual stream sums the block's sublayers"
+            )
+
+
+def _cotangents(
+    model: SplicedModel, site: Site, state: _SiteState, down: Tensor, mask: Tensor
+) -> Tensor:
+    """∂(g_d · d)/∂x_D for the downstream nodes ``down`` (flat indices), [N, b, pos, d]."""
+    n_nodes = mask.shape[-1]
+    node, pos = down % n_nodes, down // n_nodes  # pos meaningful only for [pos, n_nodes] masks
+    g = state.grad  # [b, pos, d]
+    v = g.new_zeros(len(down), *g.shape)
+    is_err = node == n_nodes - 1
+    if is_err.any():
+        v[is_err] = _error_cotangent(model, site, state)[None]
+    feats = (~is_err).nonzero()[:, 0]
+    if len(feats):
+        d = model.dictionaries[site.name]
+        i = node[feats]  # [F]
+        a = state.active  # [A, 3]
+        # c[f, b, p] = (W_dec[i_f] · g[b, p]) · gate_i(b, p) on clean-active entries only
+        hit = (a[:, 2:3] == i[None]).nonzero()  # [H, 2]: (active entry, f)
+        ab, ap, af = a[hit[:, 0], 0], a[hit[:, 0], 1], hit[:, 1]
+        coef = (d.W_dec.detach()[i[af]] * g[ab, ap]).sum(-1)  # [H]
+        c = g.new_zeros(len(feats), *g.shape[:2])  # [F, b, pos]
+        c[af, ab, ap] = coef
+        v[feats] = c[..., None] * d.W_enc.detach().T[i][:, None, None, :]  # [F, b, pos, d]
+    if mask.ndim == 2:  # per position: node (p, i) only at position p
+        keep = torch.zeros(len(down), g.shape[1], dtype=g.dtype, device=g.device)
+        keep[torch.arange(len(down)), pos] = 1
+        v = v * keep[:, None, :, None]
+    return v
+
+
+def _error_cotangent(model: SplicedModel, site: Site, state: _SiteState) -> Tensor:
+    """∂(g · err)/∂x = g − Σ_active (W_dec[i] · g) W_enc[:, i] (bare: g), [b, pos, d]."""
+    g = state.grad
+    if not model.dictionaries:
+        return g
+    d = model.dictionaries[site.name]
+    b, p, f = state.active.unbind(-1)  # [A]
+    coef = (d.W_dec.detach()[f] * g[b, p]).sum(-1)  # [A]
+    out = g.clone().view(-1, g.shape[-1])
+    out.index_add_(0, b * g.shape[1] + p, -coef[:, None] * d.W_enc.detach().T[f])
+    return out.view_as(g)
+
+
+class _Block:
+    """One forward of block L from its clean input, kept for batched VJPs of its sublayers."""
+
+    def __init__(
+        self, model: SplicedModel, layer: int, clean: dict[str, Tensor], hooks: list[Hook]
+    ):
+        tl = model.model
+        self.pre = clean[resid_pre(layer)].detach().requires_grad_(True)  # [b, pos, d]
+        self.parallel = model.cfg.parallel_attn_mlp
+        out: dict[str, Tensor] = {}
+        mid_leaf: dict[str, Tensor] = {}
+
+        def keep(x: Tensor, hook) -> Tensor:
+            out[hook.name.split(".")[-1]] = x
+            return x
+
+        def cut_mid(x: Tensor, hook) -> Tensor:  # mlp reads attn only through the attn site
+            mid_leaf["x"] = x.detach().requires_grad_(True)
+            return mid_leaf["x"]
+
+        prefix = f"blocks.{layer}."
+        fwd = list(hooks) + [(prefix + "hook_attn_out", keep), (prefix + "hook_mlp_out", keep)]
+        if not self.parallel:
+            fwd.append((prefix + "hook_resid_mid", cut_mid))
+        with torch.enable_grad(), tl.hooks(fwd_hooks=fwd):
+            tl.blocks[layer](self.pre)
+        self.attn, self.mlp = out["hook_attn_out"], out["hook_mlp_out"]
+        self.mlp_in = self.pre if self.parallel else mid_leaf["x"]
+
+    def vjp(self, down: Site, up: Site, v: Tensor) -> Tensor:
+        """v [N, b, pos, d] at the downstream sublayer's output -> [N, b, pos, d] at ``up``."""
+        out, wrt = (self.attn, self.pre) if down.kind == "attn" else (self.mlp, self.mlp_in)
+        (g,) = torch.autograd.grad(out, wrt, grad_outputs=v, retain_graph=True,
+                                   is_grads_batched=True)
+        return g
+
+
+def _upstream_dots(
+    model: SplicedModel, delta: SiteDelta, g: Tensor, mask: Tensor, up_nodes: Tensor
+) -> Tensor:
+    """Σ_{b, p} Δu · g_n at the upstream site for every selected upstream node u, [N, n_up].
+
+    g [N, b, pos, d]. Features: Δf_j · (W_dec[j] · g_n[b, p]) over moved selected entries;
+    the error node (or bare component): Δerr · g_n."""
+    n, b, pos, _ = g.shape
+    n_nodes = mask.shape[-1]
+    per_position = mask.ndim == 2
+    lookup = torch.full((mask.numel(),), -1, dtype=torch.long, device=g.device)
+    lookup[up_nodes.to(g.device)] = torch.arange(len(up_nodes), device=g.device)
+    out = g.new_zeros(n, len(up_nodes))
+    # error node / bare component
+    if per_position:
+        err_cols = lookup.view(pos, n_nodes)[:, -1]  # [pos]
+        if (err_cols >= 0).any():
+            dots = torch.einsum("nbpd,bpd->np", g, delta.rest)  # [N, pos]
+            q = (err_cols >= 0).nonzero()[:, 0]
+            out[:, err_cols[q]] += dots[:, q]
+    elif lookup[-1] >= 0:
+        out[:, lookup[-1]] += g.flatten(1) @ delta.rest.flatten()
+    if delta.bare or len(delta.df) == 0:
+        return out
+    eb, ep, ej = delta.index.unbind(-1)  # [K]
+    cols = lookup[ep * n_nodes + ej] if per_position else lookup[ej]
+    keep = cols >= 0
+    eb, ep, ej, cols, df = eb[keep], ep[keep], ej[keep], cols[keep], delta.df[keep]
+    if len(cols) == 0:
+        return out
+    W = model.dictionaries[delta.site.name].W_dec.detach()
+    flat = g.flatten(1, 2)  # [N, b·pos, d]
+    rows = eb * pos + ep
+    step = max(1, CHUNK_FLOATS // (n * g.shape[-1]))
+    for s in range(0, len(cols), step):
+        sl = slice(s, s + step)
+        dots = torch.einsum("nkd,kd->nk", flat[:, rows[sl]], W[ej[sl]]) * df[sl]  # [N, k]
+        out.index_add_(1, cols[sl], dots)
+    return out

@@ -1,0 +1,218 @@
+"""Edge attribution: identities it must satisfy, a one-backward-per-node reference through the
+spliced model's own graph, and exact two-node patching on the model organism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from circuits import EdgeScores, attribute, attribute_edges, select_nodes
+from circuits.edges import METRIC, structure
+from circuits.lrp_rules import rule_hooks, rules_for
+from saes import Dictionary, SplicedModel
+from saes.sites import all_sites
+from saes.splice import SiteNodes
+from tasks import logit_diff, sva
+from tasks.pairs import Dataset
+
+
+@pytest.fixture(scope="module")
+def data(tiny: SplicedModel) -> Dataset:
+    return tiny.tokenize(sva.generate("across_pp", 5, seed=2, tokenizer=tiny.tokenizer))
+
+
+@pytest.fixture(scope="module")
+def sequential(neox_tokenizer) -> SplicedModel:
+    from tests.conftest import tiny_spliced
+
+    return tiny_spliced(neox_tokenizer, parallel=False, seed=1)
+
+
+def everything(model: SplicedModel, seq: int | None = None) -> dict[str, torch.Tensor]:
+    """Select every node of every site ([n_nodes], or [seq, n_nodes] per position)."""
+    out = {}
+    for site in structure(model).sites:
+        size = model.dictionaries[site.name].d_sae + 1
+        out[site.name] = torch.ones((size,) if seq is None else (seq, size), dtype=torch.bool)
+    return out
+
+
+# ---- a model in which every site is linear in its upstream sites ------------------------------
+def linear_model(tokenizer, parallel: bool = True) -> SplicedModel:
+    """No norms, attention with constant (uniform causal) patterns, ReLU MLPs whose
+    pre-activations are always positive, and linear dictionaries (JumpReLU at -inf): every
+    feature and error node is affine in the upstream sites, and the metric in the last site."""
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, d_vocab=50304, n_ctx=32,
+        act_fn="relu", normalization_type=None, parallel_attn_mlp=parallel,
+        positional_embedding_type="standard", default_prepend_bos=False, seed=3,
+        initializer_range=0.2,
+    )
+    model = HookedTransformer(cfg, tokenizer=tokenizer, default_padding_side="right")
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.W_Q.zero_()
+            block.attn.W_K.zero_()
+            block.mlp.b_in.fill_(100.0)
+    gen = torch.Generator().manual_seed(3)
+    dicts = {}
+    for site in all_sites(cfg):
+        d_sae = 24  # more features than dimensions, and random: a non-zero error node
+        dicts[site.name] = Dictionary(
+            torch.randn(16, d_sae, generator=gen) * 0.3, torch.randn(d_sae, generator=gen),
+            torch.randn(d_sae, 16, generator=gen) * 0.3, torch.randn(16, generator=gen),
+            threshold=torch.full((d_sae,), -torch.inf),
+        )
+    return SplicedModel(model, dicts, name="linear", family="neox", prepend_bos=False)
+
+
+@pytest.mark.parametrize("method", ["atp", "relp", "ig"])
+@pytest.mark.parametrize("aggregation", ["sum", "none"])
+def test_incoming_edges_sum_to_the_node_score_where_sites_are_linear(
+    neox_tokenizer, method, aggregation
+):
+    model = linear_model(neox_tokenizer)
+    data = model.tokenize(sva.generate("simple", 4, seed=0, tokenizer=model.tokenizer))
+    assert data.uniform_length
+    scores = attribute(model, data, method, aggregation=aggregation, progress=False, steps=3)
+    seq = data.seq_len if aggregation == "none" else None
+    edges = attribute_edges(model, data, method, everything(model, seq), progress=False,
+                            steps=3)
+    incoming: dict[str, torch.Tensor] = {}
+    for (_, down), w in edges.weights.items():
+        incoming[down] = incoming.get(down, 0) + w.sum(1)  # [n_down]
+    assert set(incoming) == {s for s in scores.sites if s != "embed"}
+    for site, total in incoming.items():
+        node = scores.sites[site].flatten()[edges.nodes[site]]
+        assert node.abs().max() > 1e-2, site
+        torch.testing.assert_close(total, node, atol=2e-4, rtol=2e-3)
+    for site, w in edges.metric.items():  # last site -> metric: the node score itself
+        torch.testing.assert_close(w, scores.sites[site].flatten()[edges.nodes[site]],
+                                   atol=2e-4, rtol=2e-3)
+
+
+def test_the_identity_fails_where_sites_are_not_linear(tiny: SplicedModel, data: Dataset):
+    """Same check on a model with LayerNorm, GELU and ReLU dictionaries: it can fail."""
+    scores = attribute(tiny, data, "atp", progress=False)
+    edges = attribute_edges(tiny, data, "atp", everything(tiny), progress=False)
+    total = sum(w.sum(1) for (_, down), w in edges.weights.items() if down == "attn_1")
+    node = scores.sites["attn_1"][edges.nodes["attn_1"]]
+    assert not torch.allclose(total, node, atol=2e-4, rtol=2e-3)
+
+
+# ---- one backward per downstream node, through the spliced model's own graph ------------------
+def reference_edges(
+    model: SplicedModel, data: Dataset, selection: dict[str, torch.Tensor], hooks=()
+) -> dict[tuple[str, str], torch.Tensor]:
+    """w(u -> d) = Σ Δu · ∂(g_d · d)/∂u by autograd through the splice: the downstream node is
+    the spliced site's feature (through its encoder) or error term, every site between u and d
+    held fixed (its nodes detached), one backward per downstream node."""
+    tl = model.model
+    clean, patch = data.clean_tokens, data.patch_tokens
+    nodes_patch: dict[str, SiteNodes] = {}
+    with torch.no_grad():
+        model.logits(patch, record=nodes_patch)
+    nodes: dict[str, SiteNodes] = {}
+    with tl.hooks(fwd_hooks=list(hooks)), model.spliced(record=nodes):
+        value = logit_diff(tl(clean), data).sum()
+    grads = torch.autograd.grad(
+        value, [t for n in nodes.values() for t in (n.features, n.error)])
+    g = {name: grads[2 * i: 2 * i + 2] for i, name in enumerate(nodes)}  # (g_f, g_err)
+    plan = structure(model)
+    order = [s.name for s in plan.sites]
+    out = {}
+    for down in plan.sites:
+        for up in plan.upstream[down.name]:
+            between = order[order.index(up.name) + 1: order.index(down.name)]
+
+            def cut(site, f, err, between=between):
+                if site.name in between:
+                    return f.detach(), err.detach()
+                return f, err
+
+            rec: dict[str, SiteNodes] = {}
+            with tl.hooks(fwd_hooks=list(hooks)), model.spliced(record=rec, edit=cut):
+                tl(clean)
+            u, d = rec[up.name], rec[down.name]
+            du_f = nodes_patch[up.name].features - u.features.detach()  # [b, pos, d_sae]
+            du_e = nodes_patch[up.name].error - u.error.detach()  # [b, pos, d]
+            rows = []
+            for i in selection[down.name].nonzero()[:, 0].tolist():
+                if i == d.features.shape[-1]:
+                    phi = (g[down.name][1] * d.error).sum()
+                else:
+                    phi = (g[down.name][0][..., i] * d.features[..., i]).sum()
+                gf, ge = torch.autograd.grad(phi, [u.features, u.error], retain_graph=True,
+                                             allow_unused=True)
+                gf = torch.zeros_like(du_f) if gf is None else gf
+                ge = torch.zeros_like(du_e) if ge is None else ge
+                w = torch.cat([(du_f * gf).sum((0, 1)), (du_e * ge).sum()[None]])
+                rows.append(w[selection[up.name]] / len(data))
+            out[(up.name, down.name)] = torch.stack(rows)
+    return out
+
+
+def some_nodes(model: SplicedModel, data: Dataset, method: str) -> dict[str, torch.Tensor]:
+    scores = attribute(model, data, method, progress=False)
+    return select_nodes(scores, top_k=40)
+
+
+@pytest.mark.parametrize("method", ["atp", "relp"])
+@pytest.mark.parametrize("which", ["tiny", "sequential"])
+def test_batched_edges_equal_one_backward_per_node(which, method, tiny, sequential, data):
+    model = tiny if which == "tiny" else sequential
+    selection = some_nodes(model, data, method)
+    edges = attribute_edges(model, data, method, selection, batch_size=3, progress=False)
+    hooks = rule_hooks(model.model, rules_for(model, None)) if method == "relp" else ()
+    expected = reference_edges(model, data, selection, hooks)
+    assert set(edges.weights) == set(expected)
+    assert sum(int(w.count_nonzero()) for w in edges.weights.values()) > 50
+    for pair, w in expected.items():
+        torch.testing.assert_close(edges.weights[pair], w, atol=1e-5, rtol=1e-3, msg=str(pair))
+
+
+def test_relp_with_no_rules_is_atp(tiny: SplicedModel, data: Dataset):
+    selection = some_nodes(tiny, data, "atp")
+    a = attribute_edges(tiny, data, "atp", selection, progress=False)
+    r = attribute_edges(tiny, data, "relp", selection, rules=(), progress=False)
+    r_rules = attribute_edges(tiny, data, "relp", selection, progress=False)
+    for pair in a.weights:
+        torch.testing.assert_close(r.weights[pair], a.weights[pair])
+    assert any(not torch.allclose(r_rules.weights[p], a.weights[p]) for p in a.weights)
+
+
+def test_per_position_edges_sum_to_position_summed_edges(tiny: SplicedModel, data: Dataset):
+    """Edges per position pair, summed over both positions, are the position-summed edges;
+    edges into resid and mlp sites only connect equal positions."""
+    data = tiny.tokenize(sva.generate("across_pp", 4, seed=0, tokenizer=tiny.tokenizer))
+    seq = data.seq_len  # the subject (the token that differs) is not the last one
+    per_pos = attribute_edges(tiny, data, "atp", everything(tiny, seq), progress=False)
+    summed = attribute_edges(tiny, data, "atp", everything(tiny), progress=False)
+    for (up, down), w in per_pos.weights.items():
+        n_up, n_down = per_pos.shapes[up][-1], per_pos.shapes[down][-1]
+        full = w.view(seq, n_down, seq, n_up)  # [p_down, node_down, p_up, node_up]
+        torch.testing.assert_close(full.sum((0, 2)), summed.weights[(up, down)],
+                                   atol=1e-5, rtol=1e-4)
+        if not down.startswith("attn"):
+            off = ~torch.eye(seq, dtype=torch.bool)
+            assert full.permute(0, 2, 1, 3)[off].abs().max() == 0, (up, down)
+        else:
+            later = torch.triu(torch.ones(seq, seq, dtype=torch.bool), 1)  # p_up > p_down
+            assert full.permute(0, 2, 1, 3)[later].abs().max() == 0
+            assert full.permute(0, 2, 1, 3)[~torch.eye(seq, dtype=torch.bool)].abs().max() > 0
+
+
+def test_edge_scores_round_trip(tiny: SplicedModel, data: Dataset, tmp_path):
+    edges = attribute_edges(tiny, data, "atp", some_nodes(tiny, data, "atp"), progress=False)
+    back = EdgeScores.load(edges.save(tmp_path / "edges.safetensors"))
+    assert list(back.edges()) == list(edges.edges()) and back.n_edges == edges.n_edges > 0
+    assert back.shapes == edges.shapes and back.method == "atp"
+    assert any(down == METRIC for _, _, down, _, _ in back.edges())
+
+
+def test_methods_without_edges_are_refused(tiny: SplicedModel, data: Dataset):
+    with pytest.raises(ValueError, match="no edge definition"):
+        attribute_edges(tiny, data, "exact", everything(tiny))
+    with pytest.raises(ValueError, match="expected a bool mask"):
+        attribute_edges(tiny, data, "atp", {"embed": torch.ones(3, dtype=torch.bool)})
