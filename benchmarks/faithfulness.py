@@ -1,0 +1,155 @@
+"""Faithfulness and completeness curves of relp, ig, atp and a neuron baseline (RelP Figure 3).
+
+    python benchmarks/faithfulness.py --out runs/faithfulness [--n-train 100] [--n-test 40]
+
+On the model organism, for each agreement construction: attribute on the train split with
+relp, ig and atp (the SAE dictionaries) and with relp on identity dictionaries (neurons as
+nodes, ``load(..., dictionaries="neurons")``); sweep the top-k circuits of each on the test
+split under mean ablation. Writes ``sweep.csv`` (every row, a ``task`` column added),
+``<construction>.png/.svg`` and ``all.png/.svg`` to --out, and prints markdown tables:
+(a) nodes needed for faithfulness >= 0.8 (the first node count of the grid that reaches it),
+(b) faithfulness at fixed node counts, (c) completeness at the same counts, (d) relp vs ig: rank
+correlation of the node scores, overlap of their top-k sets, and the largest faithfulness gap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from circuits import attribute  # noqa: E402
+from circuits.select import select_nodes  # noqa: E402
+from evaluation import node_means, plot_sweep, sweep  # noqa: E402
+from saes import load  # noqa: E402
+from tasks import sva  # noqa: E402
+
+CONSTRUCTIONS = ("simple", "within_rc", "across_rc", "across_pp")
+SAE_METHODS = ("relp", "ig", "atp")
+NEURONS = "neurons (relp)"
+FIXED = (10, 25, 50, 100, 200, 400)
+TARGET = 0.8
+
+
+def node_grid(total: int) -> list[int]:
+    """0, 48 counts spaced geometrically from 1 to total, and the FIXED counts up to total."""
+    grid = np.round(np.geomspace(1, total, 48)).astype(int).tolist()
+    return sorted({0, *grid, *(k for k in FIXED if k <= total)})
+
+
+def nodes_needed(df: pd.DataFrame, target: float = TARGET) -> float:
+    """Smallest node count of the sweep with faithfulness >= target (NaN: never)."""
+    hit = df[df["faithfulness"] >= target]
+    return float(hit["n_nodes"].min()) if not hit.empty else float("nan")
+
+
+def at_count(df: pd.DataFrame, k: int, column: str) -> float:
+    row = df[df["top_k"] == k]
+    return float(row[column].iloc[0]) if not row.empty else float("nan")
+
+
+def rank_corr(a: torch.Tensor, b: torch.Tensor) -> float:
+    ra, rb = a.argsort().argsort().double(), b.argsort().argsort().double()
+    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+
+
+def compare(relp, ig, k: int = 100) -> dict[str, float]:
+    """Rank correlation of |score| over all nodes, and the overlap of the two top-k sets."""
+    a = torch.cat([v.abs().flatten() for v in relp.sites.values()])
+    b = torch.cat([v.abs().flatten() for v in ig.sites.values()])
+    ta = torch.cat([m.flatten() for m in select_nodes(relp, top_k=k).values()])
+    tb = torch.cat([m.flatten() for m in select_nodes(ig, top_k=k).values()])
+    return {"spearman": rank_corr(a, b), f"top{k}_overlap": float((ta & tb).sum()) / k}
+
+
+def fmt(x: float, digits: int = 2) -> str:
+    return "—" if x != x else f"{x:.{digits}f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "faithfulness")
+    parser.add_argument("--n-train", type=int, default=100)
+    parser.add_argument("--n-test", type=int, default=40)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--constructions", nargs="+", default=list(CONSTRUCTIONS))
+    args = parser.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    model = load("organism", device=args.device)
+    neurons = load("organism", dictionaries="neurons", device=args.device)
+    frames, comparisons = [], {}
+    for construction in args.constructions:
+        train = sva.load(construction, n=args.n_train)
+        test = model.tokenize(sva.load(construction, split="test", n=args.n_test))
+        start = time.perf_counter()
+        scores = {m: attribute(model, train, m, progress=False) for m in SAE_METHODS}
+        neuron_scores = attribute(neurons, train, "relp", progress=False)
+        total = sum(v.numel() for v in scores["relp"].sites.values())
+        means = node_means(model, test)
+        sae = sweep(model, scores, test, node_counts=node_grid(total), means=means,
+                    progress=False)
+        n_total = sum(v.numel() for v in neuron_scores.sites.values())
+        neuron = sweep(neurons, {NEURONS: neuron_scores}, test, node_counts=node_grid(n_total),
+                       progress=False)
+        df = pd.concat([sae, neuron], ignore_index=True).assign(task=construction)
+        frames.append(df)
+        comparisons[construction] = compare(scores["relp"], scores["ig"])
+        relp_f = df[df["method"] == "relp"].set_index("top_k")["faithfulness"]
+        ig_f = df[df["method"] == "ig"].set_index("top_k")["faithfulness"]
+        gap = (relp_f - ig_f).abs()
+        comparisons[construction]["max_gap"] = float(gap.max())
+        comparisons[construction]["max_gap_at"] = float(gap.idxmax())
+        comparisons[construction]["m_full"] = float(df["m_full"].iloc[0])
+        comparisons[construction]["m_empty"] = float(df["m_empty"].iloc[0])
+        print(f"{construction}: attributed and swept in {time.perf_counter() - start:.1f}s "
+              f"(m(M) = {df['m_full'].iloc[0]:.2f}, m(∅) = {df['m_empty'].iloc[0]:.2f})",
+              file=sys.stderr)
+        plot_sweep(df, args.out / construction, title=f"organism, {construction}")
+    table = pd.concat(frames, ignore_index=True)
+    table.to_csv(args.out / "sweep.csv", index=False)
+    plot_sweep(table, args.out / "all", facet="task", title="organism: mean-ablation sweeps")
+    methods = [*SAE_METHODS, NEURONS]
+
+    print(f"Model organism; attribution on {args.n_train} train pairs, evaluation on "
+          f"{args.n_test} test pairs; SAE nodes per construction: {total}, neuron nodes: "
+          f"{n_total}; node counts on a geometric grid (~55 points).\n")
+    print(f"(a) nodes needed for faithfulness >= {TARGET}\n")
+    print("| construction | " + " | ".join(methods) + " |")
+    print("|---|" + "---:|" * len(methods))
+    for c in args.constructions:
+        part = table[table["task"] == c]
+        cells = [fmt(nodes_needed(part[part["method"] == m]), 0) for m in methods]
+        print(f"| {c} | " + " | ".join(cells) + " |")
+    for column, label in (("faithfulness", "(b)"), ("completeness", "(c)")):
+        print(f"\n{label} {column} at fixed node counts (top-k by |score|)\n")
+        print("| construction | method | " + " | ".join(str(k) for k in FIXED) + " |")
+        print("|---|---|" + "---:|" * len(FIXED))
+        for c in args.constructions:
+            part = table[table["task"] == c]
+            for m in methods:
+                rows = [at_count(part[part["method"] == m], k, column) for k in FIXED]
+                print(f"| {c} | {m} | " + " | ".join(fmt(x) for x in rows) + " |")
+    print("\n(d) relp vs ig: Spearman of |score| over all nodes, top-100 overlap, largest "
+          "|faithfulness(relp) − faithfulness(ig)| over the grid (at k nodes)\n")
+    print("| construction | m(M) | m(∅) | Spearman | top-100 overlap | max gap | at k |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for c, v in comparisons.items():
+        print(f"| {c} | {v['m_full']:.2f} | {v['m_empty']:.2f} | {v['spearman']:.3f} | "
+              f"{v['top100_overlap']:.2f} | {v['max_gap']:.2f} | {v['max_gap_at']:.0f} |")
+    print(f"\nwrote {args.out / 'sweep.csv'} and plots (.png, .svg) to {args.out}",
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
