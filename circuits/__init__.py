@@ -7,9 +7,13 @@ gradients and RelP; the LRP rules of RelP are in circuits/lrp_rules.py.
 """
 
 from circuits.attribute import attribute
+from circuits.circuit import Circuit, build
 from circuits.edges import EdgeScores, attribute_edges
 from circuits.methods import METHODS
 from circuits.scores import Scores
 from circuits.select import select_nodes
 
-__all__ = ["METHODS", "EdgeScores", "Scores", "attribute", "attribute_edges", "select_nodes"]
+__all__ = [
+    "METHODS", "Circuit", "EdgeScores", "Scores", "attribute", "attribute_edges", "build",
+    "select_nodes",
+]

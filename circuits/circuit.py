@@ -1,0 +1,299 @@
+"""`build(scores, ...)` -> `Circuit`: the selected nodes and their edges as a networkx graph.
+
+A node is one feature or error node of a site (at one position when positions are kept); an
+edge u -> d carries the weight of circuits/edges.py, and the last sites' nodes have an edge to
+the `metric` node. The Circuit remembers what it was built from (method, model, aggregation,
+thresholds, number of examples, the per-site score shapes, the prompt tokens per position), so
+that ``selection()`` gives back masks shaped exactly like the scores, also after a JSON round
+trip. Drawing is in circuits/render.py.
+
+Node ids: ``"{site}/{feature}"``, ``"{site}/err"`` (error node) or ``"{site}"`` (a bare
+component), with ``"@{pos}"`` appended when positions are kept; the metric is ``"metric"``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import torch
+from torch import Tensor
+
+from circuits.edges import EDGE_METHODS, METRIC, EdgeScores, attribute_edges
+from circuits.scores import Scores
+from circuits.select import select_nodes
+from saes.splice import SplicedModel
+from tasks.pairs import Dataset, PromptPair
+
+FORMAT = "circuits.circuit/1"
+DEFAULT_RELATIVE_THRESHOLD = 0.01  # of the total effect; see default_node_threshold
+
+
+@dataclass
+class Circuit:
+    """A circuit: ``graph`` (nx.DiGraph) plus what it was built from (``meta``)."""
+
+    graph: nx.DiGraph
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_nodes(self) -> int:
+        """Feature, error and component nodes (the metric node not counted)."""
+        return sum(1 for _, kind in self.graph.nodes(data="kind") if kind != "metric")
+
+    @property
+    def n_edges(self) -> int:
+        return self.graph.number_of_edges()
+
+    @property
+    def site_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v) for k, v in self.meta["site_shapes"].items()}
+
+    def to_networkx(self) -> nx.DiGraph:
+        """A copy of the graph for one's own analysis."""
+        return self.graph.copy()
+
+    def selection(self) -> dict[str, Tensor]:
+        """site -> bool mask shaped like that site's scores: True at the circuit's nodes."""
+        masks = {s: torch.zeros(shape, dtype=torch.bool) for s, shape in self.site_shapes.items()}
+        for _, attrs in self.graph.nodes(data=True):
+            if attrs["kind"] == "metric":
+                continue
+            mask = masks[attrs["site"]]
+            if mask.ndim == 2:
+                mask[attrs["position"], attrs["index"]] = True
+            else:
+                mask[attrs["index"]] = True
+        return masks
+
+    def __repr__(self) -> str:
+        m = self.meta
+        return (f"Circuit({m.get('method')!r} on {m.get('model')!r}, {self.n_nodes} nodes, "
+                f"{self.n_edges} edges, aggregation={m.get('aggregation')!r})")
+
+    # ---- persistence -------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        nodes = [{"id": n, **attrs} for n, attrs in self.graph.nodes(data=True)]
+        edges = [{"source": u, "target": v, **attrs} for u, v, attrs in self.graph.edges(data=True)]
+        return {"format": FORMAT, "meta": self.meta, "nodes": nodes, "edges": edges}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Circuit:
+        if data.get("format") != FORMAT:
+            raise ValueError(f"not a circuit file of format {FORMAT!r} (got "
+                             f"{data.get('format')!r}); write it with Circuit.save")
+        graph = nx.DiGraph()
+        for node in data["nodes"]:
+            attrs = dict(node)
+            graph.add_node(attrs.pop("id"), **attrs)
+        for edge in data["edges"]:
+            attrs = dict(edge)
+            graph.add_edge(attrs.pop("source"), attrs.pop("target"), **attrs)
+        return cls(graph, data["meta"])
+
+    def save(self, path: str | Path) -> Path:
+        """Write the circuit as JSON (floats written exactly: the round trip is lossless)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=1, allow_nan=False))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Circuit:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no circuit file at {path}; write one with Circuit.save")
+        return cls.from_json(json.loads(path.read_text()))
+
+    # ---- drawing -----------------------------------------------------------------------------
+    def to_dot(self) -> str:
+        """Graphviz source (circuits/render.py)."""
+        from circuits.render import to_dot
+
+        return to_dot(self)
+
+    def to_svg(self, path: str | Path) -> Path:
+        """Draw to an SVG file; without Graphviz installed, write the .dot source and warn."""
+        from circuits.render import to_svg
+
+        return to_svg(self, path)
+
+
+def default_node_threshold(scores: Scores) -> float:
+    """1% of the total effect, the largest |Σ scores| of one site.
+
+    Every resid site is a cut of the model, so its node scores sum to (about) the metric's change
+    from clean to patch; a fixed fraction of it is scale-free (logit differences differ between
+    models and tasks, so one absolute number, e.g. Sparse Feature Circuits' 0.1 for Pythia, fits
+    one setting only). On the organism's agreement tasks it keeps ~100 nodes, a readable graph.
+    """
+    totals = [float(v.sum()) for v in scores.sites.values()]
+    total = max((abs(t) for t in totals), default=0.0)
+    return DEFAULT_RELATIVE_THRESHOLD * total if total > 0 else 0.0
+
+
+def build(
+    scores: Scores,
+    *,
+    node_threshold: float | None = None,
+    top_k: int | None = None,
+    edge_threshold: float | None = None,
+    edges: EdgeScores | bool | None = None,
+    model: SplicedModel | None = None,
+    data: Dataset | Sequence[PromptPair] | None = None,
+    tokens: Sequence[str] | None = None,
+    aggregation: str | None = None,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> Circuit:
+    """The circuit of the nodes with |score| >= node_threshold (or the top_k nodes), and the
+    edges among them with |weight| >= edge_threshold (None: every non-zero edge).
+
+    edges: precomputed EdgeScores; True, or None with model and data given: computed here with
+    scores.method (and its options: ig steps, relp rules); None without model: nodes only.
+    Neither threshold given: default_node_threshold(scores). aggregation "sum" turns per-position
+    scores into position-summed ones (None: the scores' own). tokens: one label per position.
+    """
+    if scores.per_example:
+        raise ValueError("build needs averaged scores; attribute with per_example=False")
+    scores = _aggregate(scores, aggregation)
+    if node_threshold is None and top_k is None:
+        node_threshold = default_node_threshold(scores)
+    if edge_threshold is not None and (math.isnan(edge_threshold) or edge_threshold < 0):
+        raise ValueError(f"edge_threshold must be a number >= 0, got {edge_threshold!r}")
+    selection = select_nodes(scores, node_threshold=node_threshold, top_k=top_k)
+    if data is not None and model is not None:
+        data = model.tokenize(data if isinstance(data, Dataset) else list(data))
+    if edges is True or (edges is None and model is not None and data is not None):
+        edges = _compute_edges(scores, selection, model, data, batch_size, progress)
+    elif edges is False:
+        edges = None
+    if edges is not None:
+        _check_edges(scores, selection, edges)
+
+    per_position = scores.aggregation == "none"
+    seq = next(iter(scores.sites.values())).shape[0] if per_position else None
+    tokens = _tokens(tokens, model, data, seq)
+    graph = nx.DiGraph()
+    order = list(scores.sites)
+    for row, (site, mask) in enumerate(selection.items()):
+        values = scores.sites[site].detach().cpu()
+        layer = _layer(site)
+        n_nodes = values.shape[-1]
+        for flat in mask.flatten().nonzero()[:, 0].tolist():
+            pos, index = divmod(flat, n_nodes) if per_position else (None, flat)
+            node_id, kind = _node_id(site, index, pos, n_nodes, scores.bare)
+            graph.add_node(
+                node_id, site=site, layer=layer, row=row, kind=kind, index=index,
+                feature=index if kind == "feature" else None, position=pos,
+                effect=float(values.flatten()[flat]),
+            )
+    if edges is not None:
+        graph.add_node(METRIC, site=METRIC, layer=None, row=len(order), kind="metric",
+                       index=None, feature=None, position=None, effect=None)
+        for up, u_flat, down, d_flat, w in edges.edges():
+            source = _flat_id(up, u_flat, edges.shapes[up], scores.bare)
+            target = METRIC if down == METRIC else _flat_id(down, d_flat, edges.shapes[down],
+                                                             scores.bare)
+            if source not in graph or target not in graph:
+                continue  # edges computed for a larger selection
+            if edge_threshold is None or abs(w) >= edge_threshold:
+                graph.add_edge(source, target, weight=w)
+    meta = {
+        "method": scores.method, "model": scores.model, "aggregation": scores.aggregation,
+        "node_threshold": node_threshold, "top_k": top_k, "edge_threshold": edge_threshold,
+        "n_examples": scores.n_examples, "signed": scores.signed, "bare": scores.bare,
+        "options": dict(scores.options), "edges": edges is not None,
+        "edge_method": None if edges is None else edges.method,
+        "tokens": tokens, "sites": order,
+        "site_shapes": {k: list(v.shape) for k, v in scores.sites.items()},
+    }
+    return Circuit(graph, meta)
+
+
+def _aggregate(scores: Scores, aggregation: str | None) -> Scores:
+    if aggregation is None or aggregation == scores.aggregation:
+        return scores
+    if aggregation == "sum" and scores.aggregation == "none":
+        return Scores(scores.method, scores.model, "sum", False,
+                      {k: v.sum(0) for k, v in scores.sites.items()}, scores.n_examples,
+                      scores.bare, scores.signed, dict(scores.options))
+    raise ValueError(f"cannot build a circuit with aggregation {aggregation!r} from scores with "
+                     f"aggregation {scores.aggregation!r}; attribute with aggregation="
+                     f"{aggregation!r}")
+
+
+def _compute_edges(scores, selection, model, data, batch_size, progress) -> EdgeScores:
+    if model is None or data is None:
+        raise ValueError("edges=True needs the model and data: build(scores, edges=True, "
+                         "model=model, data=data), or pass edges=attribute_edges(...)")
+    if scores.method not in EDGE_METHODS:
+        raise ValueError(
+            f"scores of method {scores.method!r} have no edge definition; edges are computed "
+            f"with {EDGE_METHODS}: attribute nodes with one of them, or pass edges="
+            "attribute_edges(model, data, 'atp', select_nodes(scores, ...)) explicitly"
+        )
+    rules = scores.options.get("rules") if scores.method == "relp" else None
+    return attribute_edges(
+        model, data, scores.method, selection, batch_size=batch_size,
+        steps=int(scores.options.get("steps", 10)),
+        rules=None if rules is None else tuple(rules), progress=progress,
+    )
+
+
+def _check_edges(scores: Scores, selection: dict[str, Tensor], edges: EdgeScores) -> None:
+    if edges.aggregation != scores.aggregation:
+        raise ValueError(f"edges are {edges.aggregation!r}-aggregated but the scores "
+                         f"{scores.aggregation!r}; compute both with the same aggregation")
+    for site, mask in selection.items():
+        shape = edges.shapes.get(site)
+        if shape != tuple(mask.shape):
+            raise ValueError(f"edges were computed for site {site!r} of shape {shape}, the "
+                             f"scores have {tuple(mask.shape)}: edges of another model or data")
+        have = torch.zeros(mask.numel(), dtype=torch.bool)
+        have[edges.nodes[site]] = True
+        missing = int((mask.flatten().cpu() & ~have).sum())
+        if missing:
+            raise ValueError(
+                f"{missing} selected node(s) of site {site!r} have no edges computed; compute "
+                "edges for this selection (attribute_edges(model, data, method, selection)) "
+                "or raise the node threshold"
+            )
+
+
+def _tokens(tokens, model, data, seq: int | None) -> list[str] | None:
+    """Column labels: given, or the first clean prompt's tokens when positions are kept."""
+    if seq is None:
+        return None if tokens is None else list(tokens)
+    if tokens is None and model is not None and isinstance(data, Dataset):
+        ids = data.clean_tokens[0, :seq].tolist()
+        tokens = [model.tokenizer.decode([i]) for i in ids]
+    if tokens is not None and len(tokens) != seq:
+        raise ValueError(f"tokens has {len(tokens)} labels for {seq} positions; pass one token "
+                         "string per position")
+    return None if tokens is None else [str(t) for t in tokens]
+
+
+def _layer(site: str) -> int:
+    return -1 if site == "embed" else int(site.rsplit("_", 1)[1])
+
+
+def _node_id(site: str, index: int, pos: int | None, n_nodes: int, bare: bool) -> tuple[str, str]:
+    if bare:
+        base, kind = site, "component"
+    elif index == n_nodes - 1:
+        base, kind = f"{site}/err", "error"
+    else:
+        base, kind = f"{site}/{index}", "feature"
+    return (base if pos is None else f"{base}@{pos}"), kind
+
+
+def _flat_id(site: str, flat: int, shape: tuple[int, ...], bare: bool) -> str:
+    n_nodes = shape[-1]
+    pos, index = divmod(flat, n_nodes) if len(shape) == 2 else (None, flat)
+    return _node_id(site, index, pos, n_nodes, bare)[0]

@@ -1,0 +1,186 @@
+"""Draw a `Circuit` with Graphviz: DOT source, and SVG through the `neato` layout engine.
+
+Layout (every node pinned, so the picture reads like the model):
+- one row (band) per site in model order, embed at the bottom and the metric on top; a row
+  with many nodes wraps onto several lines within its band; the site name on the left;
+- with positions kept, one column per token position, the token written below the bottom row;
+- node fill colour by sign (blue +, red −) and size of the effect, size by |effect|; error nodes
+  are boxes, features ellipses, the metric an octagon;
+- edge width by |weight|, colour by sign, more opaque when larger; edges drawn under nodes;
+- a legend (the graph label) with the method, model and thresholds.
+Circuit nodes carry the SVG class "circuit" (row and token labels "decoration"), so a reader
+of the SVG can tell them apart. Without the Graphviz binaries the .dot source is still written.
+"""
+
+from __future__ import annotations
+
+import html
+import shutil
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from circuits.circuit import Circuit
+
+NODE_W = 0.75  # inches between node centres in a row
+LINE_H = 0.7  # inches between wrapped lines of one site's row
+BAND_GAP = 0.55  # inches between site bands
+MAX_PER_LINE = 24  # nodes per line before a site's row wraps (position-summed circuits)
+BLUE, RED = (33, 102, 172), (178, 24, 43)
+INSTALL = ("install Graphviz for SVG output: `apt-get install graphviz` (Debian/Ubuntu), "
+           "`brew install graphviz` (macOS), `conda install -c conda-forge graphviz`, or "
+           "https://graphviz.org/download/")
+
+
+def to_svg(circuit: Circuit, path: str | Path) -> Path:
+    """Write the circuit as SVG at ``path``; returns it. If Graphviz's binaries are missing,
+    writes ``path`` with suffix .dot instead, warns how to install Graphviz, and returns that."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    source = to_dot(circuit)
+    if shutil.which("neato") is None:
+        dot_path = path.with_suffix(".dot")
+        dot_path.write_text(source)
+        warnings.warn(f"Graphviz not found on PATH; {INSTALL}. Wrote the DOT source to "
+                      f"{dot_path} (render it later with `neato -n2 -Tsvg {dot_path}`)",
+                      stacklevel=2)
+        return dot_path
+    import graphviz
+
+    svg = graphviz.Source(source, engine="neato").pipe(format="svg")
+    path.write_bytes(svg)
+    return path
+
+
+def to_dot(circuit: Circuit) -> str:
+    """Graphviz source with every node pinned at its place (render with neato)."""
+    graph, meta = circuit.graph, circuit.meta
+    nodes = [(n, a) for n, a in graph.nodes(data=True) if a["kind"] != "metric"]
+    per_position = meta["aggregation"] == "none"
+    sites = [s for s in meta["sites"] if any(a["site"] == s for _, a in nodes)]
+    by_site = {s: sorted((a.get("position") or 0, a["index"], n) for n, a in nodes
+                         if a["site"] == s) for s in sites}
+
+    # columns: one per position (as wide as its fullest cell), or one centred row per site
+    if per_position:
+        seq = meta["site_shapes"][meta["sites"][0]][0]
+        width = [max([sum(1 for p, _, _ in by_site[s] if p == q) for s in sites] + [1])
+                 for q in range(seq)]
+        starts = [sum(width[:q]) * NODE_W + q * NODE_W * 0.5 for q in range(seq)]
+        lines = dict.fromkeys(sites, 1)
+    else:
+        lines = {s: max(1, -(-len(by_site[s]) // MAX_PER_LINE)) for s in sites}
+
+    xy: dict[str, tuple[float, float]] = {}
+    y = 0.0
+    band_y: dict[str, float] = {}
+    for s in sites:
+        band_y[s] = y
+        if per_position:
+            seen: dict[int, int] = {}
+            for p, _, n in by_site[s]:
+                k = seen.get(p, 0)
+                seen[p] = k + 1
+                xy[n] = (starts[p] + k * NODE_W, y)
+        else:
+            row = by_site[s]
+            for i, (_, _, n) in enumerate(row):
+                line, k = divmod(i, MAX_PER_LINE)
+                count = min(MAX_PER_LINE, len(row) - line * MAX_PER_LINE)
+                xy[n] = ((k - (count - 1) / 2) * NODE_W, y + line * LINE_H)
+        y += (lines[s] - 1) * LINE_H + LINE_H + BAND_GAP
+    xs = [x for x, _ in xy.values()] or [0.0]
+    left, right = min(xs) - 1.4 * NODE_W, max(xs)
+    if "metric" in graph:
+        xy["metric"] = ((left + 1.4 * NODE_W + right) / 2, y)
+
+    effects = [abs(a["effect"]) for _, a in nodes if a["effect"] is not None]
+    top_effect = max(effects, default=0.0) or 1.0
+    weights = [abs(w) for _, _, w in graph.edges(data="weight")]
+    top_weight = max(weights, default=0.0) or 1.0
+
+    out = [
+        "digraph circuit {",
+        '  graph [splines=false, outputorder=edgesfirst, bgcolor=white, labelloc=t, '
+        f'fontname=Helvetica, label=<{_legend(circuit)}>];',
+        '  node [fontname=Helvetica, fontsize=9, style=filled, penwidth=0.6];',
+        '  edge [arrowsize=0.4];',
+    ]
+    for s in sites:  # row labels
+        out.append(f'  {_q("row:" + s)} [class=decoration, shape=plaintext, style="", '
+                   f'label={_q(s)}, fontsize=11, pos="{left:.3f},{band_y[s]:.3f}!"];')
+    if "metric" in graph:
+        x, ym = xy["metric"]
+        out.append(f'  {_q("row:metric")} [class=decoration, shape=plaintext, style="", '
+                   f'label="metric", fontsize=11, pos="{left:.3f},{ym:.3f}!"];')
+    tokens = meta.get("tokens")
+    if per_position and tokens:
+        for q, token in enumerate(tokens):
+            x = starts[q] + (width[q] - 1) * NODE_W / 2
+            out.append(f'  {_q(f"token:{q}")} [class=decoration, shape=plaintext, style="", '
+                       f'label={_q(_show(token))}, fontsize=11, pos="{x:.3f},{-0.7:.3f}!"];')
+    for n, a in graph.nodes(data=True):
+        out.append("  " + _node(n, a, xy[n], top_effect))
+    for u, v, w in graph.edges(data="weight"):
+        t = abs(w) / top_weight
+        color = _rgb(BLUE if w > 0 else RED, 1.0, alpha=0.25 + 0.75 * t)
+        out.append(f'  {_q(u)} -> {_q(v)} [penwidth={0.3 + 4.7 * t:.2f}, color="{color}", '
+                   f'tooltip={_q(f"{u} → {v}: {w:.4g}")}];')
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def _node(n: str, a: dict, xy: tuple[float, float], top: float) -> str:
+    x, y = xy
+    if a["kind"] == "metric":
+        return (f'{_q(n)} [class=circuit, shape=doubleoctagon, label="metric", fillcolor="#eeeeee",'
+                f' fontsize=11, pos="{x:.3f},{y:.3f}!"];')
+    t = min(1.0, abs(a["effect"]) / top)
+    fill = _rgb(BLUE if a["effect"] >= 0 else RED, t ** 0.5)
+    size = 0.3 + 0.35 * t ** 0.5
+    shape = "box" if a["kind"] in ("error", "component") else "ellipse"
+    label = {"error": "err", "component": a["site"]}.get(a["kind"], str(a["feature"]))
+    where = "" if a["position"] is None else f" @ pos {a['position']}"
+    tip = f"{a['site']} {a['kind']} {a['index']}{where}: effect {a['effect']:.4g}"
+    return (f'{_q(n)} [class=circuit, shape={shape}, label={_q(label)}, fillcolor="{fill}", '
+            f'fontcolor="{"white" if t > 0.5 else "black"}", width={size:.2f}, '
+            f'height={size * 0.7:.2f}, fixedsize=true, tooltip={_q(tip)}, '
+            f'pos="{x:.3f},{y:.3f}!"];')
+
+
+def _legend(circuit: Circuit) -> str:
+    m = circuit.meta
+    threshold = (f"top {m['top_k']} nodes" if m.get("top_k") is not None
+                 else f"|effect| ≥ {m.get('node_threshold', 0):.3g}")
+    if m.get("edges"):
+        threshold += ("" if m.get("edge_threshold") is None
+                      else f", |edge| ≥ {m['edge_threshold']:.3g}")
+    title = html.escape(
+        f"{m.get('method')} circuit of {m.get('model')}: {circuit.n_nodes} nodes, "
+        f"{circuit.n_edges} edges ({threshold}; {m.get('n_examples')} examples)")
+    blue, red = _rgb(BLUE, 1.0), _rgb(RED, 1.0)
+    return (
+        '<TABLE BORDER="0" CELLSPACING="4"><TR>'
+        f'<TD COLSPAN="6"><B>{title}</B></TD></TR><TR>'
+        f'<TD BGCOLOR="{blue}" WIDTH="14"> </TD><TD ALIGN="LEFT">positive effect / weight</TD>'
+        f'<TD BGCOLOR="{red}" WIDTH="14"> </TD><TD ALIGN="LEFT">negative</TD>'
+        '<TD ALIGN="LEFT">ellipse: feature (its index) · box: error node · '
+        'darker and larger: larger |effect| · wider edge: larger |weight|</TD></TR></TABLE>'
+    )
+
+
+def _rgb(color: tuple[int, int, int], t: float, alpha: float | None = None) -> str:
+    """White blended towards ``color`` by t in [0, 1], as #rrggbb(aa)."""
+    r, g, b = (round(255 + (c - 255) * t) for c in color)
+    out = f"#{r:02x}{g:02x}{b:02x}"
+    return out if alpha is None else out + f"{round(255 * alpha):02x}"
+
+
+def _show(token: str) -> str:
+    return token.replace("\n", "\\n").replace(" ", "·") or "∅"
+
+
+def _q(text: str) -> str:
+    """A DOT double-quoted string."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

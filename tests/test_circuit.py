@@ -1,0 +1,130 @@
+"""The circuit graph: build from scores (and edges), lossless JSON, selection masks, SVG."""
+
+from __future__ import annotations
+
+import dataclasses
+import xml.etree.ElementTree as ET
+
+import networkx as nx
+import pytest
+import torch
+
+from circuits import Circuit, attribute, attribute_edges, build, render, select_nodes
+from saes import SplicedModel
+from tasks import sva
+from tasks.pairs import Dataset
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+@pytest.fixture(scope="module")
+def data(tiny: SplicedModel) -> Dataset:
+    return tiny.tokenize(sva.generate("across_pp", 6, seed=4, tokenizer=tiny.tokenizer))
+
+
+@pytest.fixture(scope="module")
+def scores(tiny: SplicedModel, data: Dataset):
+    return attribute(tiny, data, "atp", progress=False)
+
+
+@pytest.fixture(scope="module")
+def circuit(tiny, data, scores) -> Circuit:
+    return build(scores, top_k=30, model=tiny, data=data)
+
+
+def svg_nodes(path) -> tuple[list[ET.Element], list[ET.Element]]:
+    root = ET.parse(path).getroot()  # raises if the SVG is not XML
+    groups = list(root.iter(SVG + "g"))
+    nodes = [g for g in groups if "circuit" in g.get("class", "").split()]
+    edges = [g for g in groups if g.get("class") == "edge"]
+    return nodes, edges
+
+
+def test_build_keeps_the_selected_nodes_and_the_edges_among_them(circuit, scores, tiny, data):
+    selection = select_nodes(scores, top_k=30)
+    assert circuit.n_nodes == 30 and "metric" in circuit.graph
+    for site, mask in circuit.selection().items():
+        assert torch.equal(mask, selection[site].cpu()), site
+    edges = attribute_edges(tiny, data, "atp", selection, progress=False)
+    expected = {(u, d): w for u, d, w in circuit.graph.edges(data="weight")}
+    assert len(expected) == edges.n_edges > 0
+    effect = nx.get_node_attributes(circuit.graph, "effect")
+    for node, attrs in circuit.graph.nodes(data=True):
+        if attrs["kind"] != "metric":
+            assert effect[node] == float(scores.sites[attrs["site"]][attrs["index"]])
+    cut = torch.tensor([abs(w) for w in expected.values()]).median().item()
+    thresholded = build(scores, top_k=30, edges=edges, edge_threshold=cut)
+    assert 0 < thresholded.n_edges < circuit.n_edges
+    assert all(abs(w) >= cut for _, _, w in thresholded.graph.edges(data="weight"))
+
+
+def test_selection_has_every_site_with_the_scores_shape(scores):
+    circuit = build(scores, node_threshold=float("inf"))  # nothing kept
+    masks = circuit.selection()
+    assert list(masks) == list(scores.sites) and circuit.n_nodes == 0
+    for site, mask in masks.items():
+        assert mask.shape == scores.sites[site].shape and not mask.any()
+
+
+def test_json_round_trip_is_lossless(circuit, tmp_path):
+    back = Circuit.load(circuit.save(tmp_path / "c.json"))
+    assert back.meta == circuit.meta
+    assert list(back.graph.nodes(data=True)) == list(circuit.graph.nodes(data=True))
+    assert list(back.graph.edges(data=True)) == list(circuit.graph.edges(data=True))
+    for site, mask in circuit.selection().items():
+        assert torch.equal(back.selection()[site], mask)
+
+
+def test_per_position_circuit_round_trips_and_draws_tokens(tiny, data, tmp_path):
+    per_pos = attribute(tiny, data, "atp", aggregation="none", progress=False)
+    circuit = build(per_pos, top_k=25, model=tiny, data=data)
+    assert all(a["position"] is not None for n, a in circuit.graph.nodes(data=True)
+               if n != "metric")
+    assert circuit.meta["tokens"] == [tiny.tokenizer.decode([t])
+                                      for t in data.clean_tokens[0].tolist()]
+    back = Circuit.load(circuit.save(tmp_path / "p.json"))
+    assert list(back.graph.edges(data=True)) == list(circuit.graph.edges(data=True))
+    assert all(back.selection()[s].shape == per_pos.sites[s].shape for s in per_pos.sites)
+    nodes, edges = svg_nodes(circuit.to_svg(tmp_path / "p.svg"))
+    assert len(nodes) == circuit.graph.number_of_nodes() and len(edges) == circuit.n_edges
+    tokens = circuit.to_dot().count('"token:')
+    assert tokens == data.seq_len
+    summed = build(per_pos, top_k=25, aggregation="sum")
+    assert summed.meta["aggregation"] == "sum"
+    assert summed.selection()["embed"].shape == per_pos.sites["embed"].shape[1:]
+
+
+def test_svg_is_xml_with_one_element_per_node_also_at_150_nodes(tiny, data, scores, tmp_path):
+    circuit = build(scores, top_k=150)  # nodes only: no metric node
+    nodes, _ = svg_nodes(circuit.to_svg(tmp_path / "big.svg"))
+    assert circuit.n_nodes == len(nodes) == 150
+    titles = {g.find(SVG + "title").text for g in nodes}
+    assert titles == set(circuit.graph.nodes)
+
+
+def test_without_graphviz_the_dot_source_is_written(circuit, tmp_path, monkeypatch):
+    monkeypatch.setattr(render.shutil, "which", lambda name: None)
+    with pytest.warns(UserWarning, match="apt-get install graphviz"):
+        out = circuit.to_svg(tmp_path / "c.svg")
+    assert out.suffix == ".dot" and out.read_text().startswith("digraph")
+    assert not (tmp_path / "c.svg").exists()
+
+
+def test_methods_without_edges_are_refused_with_the_fix(scores, tiny, data):
+    unsigned = dataclasses.replace(scores, method="atp*")
+    with pytest.raises(ValueError, match="no edge definition.*attribute_edges"):
+        build(unsigned, top_k=5, model=tiny, data=data)
+    assert build(unsigned, top_k=5).n_edges == 0  # nodes only is fine
+
+
+def test_default_threshold_keeps_some_but_not_all_nodes(scores):
+    circuit = build(scores)
+    total = sum(v.numel() for v in scores.sites.values())
+    assert 0 < circuit.n_nodes < total
+    assert circuit.meta["node_threshold"] > 0
+
+
+def test_edges_of_a_smaller_selection_are_refused(scores, tiny, data):
+    edges = attribute_edges(tiny, data, "atp", select_nodes(scores, top_k=5), progress=False)
+    with pytest.raises(ValueError, match="have no edges computed"):
+        build(scores, top_k=20, edges=edges)
