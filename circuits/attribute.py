@@ -29,6 +29,8 @@ from tasks.pairs import Dataset, PromptPair
 
 log = logging.getLogger(__name__)
 
+RULED = ("relp", "relp*")  # methods that take LRP rules (rules=)
+
 
 def attribute(
     model: SplicedModel,
@@ -48,7 +50,7 @@ def attribute(
 
     aggregation: "sum" over positions -> [n_nodes] per site, or "none" -> [pos, n_nodes].
     per_example: keep a leading [n_examples] axis instead of the mean over examples.
-    steps: interpolation steps of "ig". rules: LRP rule names for "relp" (None: the model
+    steps: interpolation steps of "ig". rules: LRP rule names for "relp"/"relp*" (None: the model
     family's set; () is plain AtP). candidates: site -> bool mask [n_nodes] / [pos, n_nodes] or
     index tensor of nodes to score (sites left out score 0; "exact" patches only these).
     exact_batch: patched copies per forward pass for "exact".
@@ -60,8 +62,9 @@ def attribute(
     for name, value in (("batch_size", batch_size), ("steps", steps), ("exact_batch", exact_batch)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if rules is not None and method != "relp":
-        raise ValueError(f"rules= applies to method 'relp' only, not {method!r}; drop rules=")
+    if rules is not None and method not in RULED:
+        raise ValueError(f"rules= applies to methods {' and '.join(map(repr, RULED))} only, "
+                         f"not {method!r}; drop rules=")
     data = model.tokenize(data if isinstance(data, Dataset) else list(data))
     if len(data) == 0:
         raise ValueError("the dataset is empty; pass at least one prompt pair")
@@ -80,7 +83,7 @@ def attribute(
         exact_batch=exact_batch,
         progress=progress,
     )
-    if method == "relp":  # resolve the family's rule set; fail before the first batch
+    if method in RULED:  # resolve the family's rule set; fail before the first batch
         options = dataclasses.replace(options, rules=rules_for(model, options.rules))
 
     sites = node_sites(model)
@@ -165,7 +168,7 @@ def _json_options(method: str, options: Options) -> dict:
     out: dict = {}
     if method == "ig":
         out["steps"] = options.steps
-    if method == "relp":
+    if method in RULED:
         out["rules"] = list(options.rules or ())
     if options.candidates is not None:
         out["candidates"] = True

@@ -251,19 +251,22 @@ def test_atp_star_qk_terms_match_patching_queries_and_keys(bare: SplicedModel, d
     """For an embed component at position p, layer 0's query and key terms equal the pattern
     change of really patching q_p (then k_p) to the patch run's value, dotted with ∂L/∂A."""
     tl, p = bare.model, 1  # the subject noun: the only token that differs
-    names = atp_star._attn_names(0)
+    names = atp_star.attn_names(0)
+    qk_points = {"q": "blocks.0.attn.hook_q", "k": "blocks.0.attn.hook_k"}
+    record = list(names.values()) + list(qk_points.values())
     targets = Targets.of(data)
-    value, acts = run(bare, data.clean_tokens, targets, record=list(names.values()), grad=True)
+    value, acts = run(bare, data.clean_tokens, targets, record=record, grad=True)
     (grad_pattern,) = torch.autograd.grad(value.sum(), acts[names["pattern"]])
     acts = {k: v.detach() for k, v in acts.items()}
-    _, patch_acts = run(bare, data.patch_tokens, targets, record=list(names.values()))
+    _, patch_acts = run(bare, data.patch_tokens, targets, record=record)
     site = bare.site("embed")
     valid = valid_positions(data, data.seq_len) & (torch.arange(data.seq_len) == p)
     delta = site_delta(bare, site, acts[site.hook_name], patch_acts[site.hook_name], valid)
-    (terms,) = atp_star.qk_terms(bare, delta, 0, names, acts, [grad_pattern])
+    r = acts[names["resid"]]
+    (terms,) = atp_star.qk_terms(bare, delta, 0, r, *atp_star.clean_qk(bare, 0, r),
+                                 acts[names["scores"]], acts[names["pattern"]], [grad_pattern])
     expected = torch.zeros(len(data))
-    for which in ("q", "k"):
-        point = names[which]
+    for point in qk_points.values():
 
         def hook(x, hook, point=point):
             x = x.clone()
@@ -314,7 +317,7 @@ def test_every_registered_method_runs(nodes, tiny, bare, data: Dataset):
         ({"method": "ig", "steps": 0}, "steps must be a positive integer, got 0"),
         ({"method": "atp", "candidates": {"mlp_9": torch.tensor([0])}},
          "unknown site(s) ['mlp_9']"),
-        ({"method": "atp", "rules": ("ln",)}, "rules= applies to method 'relp' only"),
+        ({"method": "atp", "rules": ("ln",)}, "rules= applies to methods 'relp' and 'relp*' only"),
         ({"method": "relp", "rules": ("lnn",)}, "unknown LRP rule(s) ['lnn']"),
         ({"method": "atp", "aggregation": "mean"}, "unknown aggregation 'mean'"),
     ],

@@ -5,7 +5,7 @@ Each method lives in one file of this package and exposes ``score_batch`` (see b
 
 from __future__ import annotations
 
-from circuits.methods import atp, atp_star, exact, ig, relp
+from circuits.methods import atp, atp_star, exact, ig, relp, relp_star
 from circuits.methods.base import Method, Options, ScoreFn
 
 METHODS: dict[str, Method] = {
@@ -18,6 +18,9 @@ METHODS: dict[str, Method] = {
                signed=False),
         Method("ig", ig.score_batch, "2 forward + steps × sites × (forward + backward)"),
         Method("relp", relp.score_batch, "2 forward + 1 backward (LRP rules)"),
+        Method("relp*", relp_star.score_batch,
+               "2 forward + 1 backward (LRP rules, AH) + a QK-fix softmax per moved node and "
+               "layer"),
     )
 }
 

@@ -1,0 +1,208 @@
+"""RelP* and the QK fix on Gemma-style attention (QK-norm, grouped-query attention, sliding
+window, soft-capped scores, per-layer rotary bases): identities and exactness against the
+model's own attention, on tiny random models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from circuits import attribute
+from circuits.methods import atp_star, relp_star
+from circuits.methods.base import Options
+from circuits.nodes import site_delta
+from circuits.runs import Targets, resid_pre, run, valid_positions
+from saes import SplicedModel
+from tasks import sva
+from tasks.pairs import Dataset
+
+
+def gemma_like(tokenizer, *, layers: int = 2, attn_only: bool = False, post_norms: bool = True,
+               seed: int = 0) -> SplicedModel:
+    cfg = HookedTransformerConfig(
+        n_layers=layers, d_model=32, n_heads=4, n_key_value_heads=2, d_head=8, d_mlp=64,
+        d_vocab=50304, n_ctx=64, act_fn="gelu_pytorch_tanh", normalization_type="RMS",
+        gated_mlp=True, use_qk_norm=True, use_normalization_before_and_after=post_norms,
+        positional_embedding_type="rotary", rotary_dim=8, rotary_base=10000,
+        rotary_base_local=100, attn_types=(["local", "global"] * layers)[:layers],
+        window_size=2, attn_scores_soft_cap=3.0, attn_only=attn_only, default_prepend_bos=False,
+        seed=seed, initializer_range=0.3,
+    )
+    model = HookedTransformer(cfg, tokenizer=tokenizer, default_padding_side="right")
+    with torch.no_grad():  # QK-norm weights away from 1, so that the norm matters
+        for block in model.blocks:
+            block.attn.q_norm.w.uniform_(0.5, 2.0)
+            block.attn.k_norm.w.uniform_(0.5, 2.0)
+    return SplicedModel(model, {}, name="tiny-gemma", family="gemma", prepend_bos=False)
+
+
+@pytest.fixture(scope="module")
+def gemma(neox_tokenizer) -> SplicedModel:
+    return gemma_like(neox_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def data(gemma: SplicedModel) -> Dataset:
+    return gemma.tokenize(sva.generate("across_rc", 4, seed=2, tokenizer=gemma.tokenizer))
+
+
+def scores(model, data, method, **kwargs) -> dict[str, torch.Tensor]:
+    kwargs = {"aggregation": "none", "per_example": True, "progress": False, **kwargs}
+    return attribute(model, data, method, **kwargs).sites
+
+
+def _patched_pattern(model, data, layer, point, new, p):
+    """hook_pattern of `layer` on the clean run with `point` (rotated q or k) at p := new."""
+    store: dict[str, torch.Tensor] = {}
+
+    def put(x, hook):
+        x = x.clone()
+        x[:, p] = new[:, p]
+        return x
+
+    def keep(x, hook):
+        store["A"] = x
+        return x
+
+    with torch.no_grad():
+        model.model.run_with_hooks(data.clean_tokens, fwd_hooks=[
+            (point, put), (f"blocks.{layer}.attn.hook_pattern", keep)])
+    return store["A"]
+
+
+@pytest.mark.parametrize(("layer", "site_name"), [(0, "embed"), (1, "embed"), (1, "resid_0")])
+def test_qk_terms_equal_the_models_own_pattern_change(gemma, data, layer, site_name):
+    """For a node at position p read by `layer`: the query + key terms equal the pattern change
+    when the model itself computes q_p (then k_p) from its input with the node added, with
+    every other query, key and value clean, dotted with ∂L/∂A."""
+    names = atp_star.attn_names(layer)
+    attn = f"blocks.{layer}.attn."
+    site = gemma.site(site_name)
+    record = list(names.values()) + [site.hook_name]
+    targets = Targets.of(data)
+    value, acts = run(gemma, data.clean_tokens, targets, record=record, grad=True)
+    (grad_pattern,) = torch.autograd.grad(value.sum(), acts[names["pattern"]])
+    acts = {k: v.detach() for k, v in acts.items()}
+    _, patch = run(gemma, data.patch_tokens, targets, record=[site.hook_name])
+    r = acts[names["resid"]]
+    q, k = atp_star.clean_qk(gemma, layer, r)
+    checked = 0
+    for p in range(data.seq_len):
+        valid = valid_positions(data, data.seq_len) & (torch.arange(data.seq_len) == p)
+        delta = site_delta(gemma, site, acts[site.hook_name], patch[site.hook_name], valid)
+        (terms,) = atp_star.qk_terms(gemma, delta, layer, r, q, k, acts[names["scores"]],
+                                     acts[names["pattern"]], [grad_pattern])
+        if delta.rest.abs().max() == 0:  # the node does not move: no term
+            assert terms.abs().max() == 0
+            continue
+        checked += 1
+        # q_p and k_p as the model computes them with the node's change added to the layer input
+        new: dict[str, torch.Tensor] = {}
+
+        def add(x, hook, delta=delta):
+            return x + delta.rest
+
+        def keep(x, hook, new=new):
+            new[hook.name] = x
+            return x
+
+        with torch.no_grad():
+            gemma.model.run_with_hooks(data.clean_tokens, fwd_hooks=[
+                (resid_pre(layer), add), (attn + "hook_rot_q", keep), (attn + "hook_rot_k", keep)],
+                stop_at_layer=layer + 1)
+        expected = torch.zeros(len(data))
+        for point in ("hook_rot_q", "hook_rot_k"):
+            A = _patched_pattern(gemma, data, layer, attn + point, new[attn + point], p)
+            expected += ((A - acts[names["pattern"]]) * grad_pattern).sum((1, 2, 3))
+        assert expected.abs().max() > 1e-5, p
+        torch.testing.assert_close(terms[:, p, 0], expected, atol=1e-6, rtol=1e-4)
+        assert terms[:, [i for i in range(data.seq_len) if i != p]].abs().max() == 0
+    assert checked > 0
+
+
+def test_qk_terms_are_the_metric_change_where_only_the_softmax_is_nonlinear(neox_tokenizer):
+    """One attention-only layer, no norm after it: the metric is linear in the pattern, so the
+    query (key) term of a node is exactly metric(q_p (k_p) as the patched model computes it)
+    - metric(clean); this is far from the linear estimate for a saturated softmax."""
+    model = gemma_like(neox_tokenizer, layers=1, attn_only=True, post_norms=False, seed=3)
+    model.model.ln_final = torch.nn.Identity()
+    data = model.tokenize(sva.generate("across_rc", 4, seed=5, tokenizer=model.tokenizer))
+    targets = Targets.of(data)
+    names, attn = atp_star.attn_names(0), "blocks.0.attn."
+    points = [attn + "hook_rot_q", attn + "hook_rot_k"]
+    value, acts = run(model, data.clean_tokens, targets, record=list(names.values()), grad=True)
+    (grad_pattern,) = torch.autograd.grad(value.sum(), acts[names["pattern"]])
+    acts = {k: v.detach() for k, v in acts.items()}
+    _, patch = run(model, data.patch_tokens, targets, record=["blocks.0.hook_resid_pre"] + points)
+    site = model.site("embed")
+    r = acts[names["resid"]]
+    base = value.detach()
+    q, k = atp_star.clean_qk(model, 0, r)
+    checked = 0
+    for p in range(data.seq_len):
+        valid = valid_positions(data, data.seq_len) & (torch.arange(data.seq_len) == p)
+        delta = site_delta(model, site, r, patch[site.hook_name], valid)
+        (terms,) = atp_star.qk_terms(model, delta, 0, r, q, k, acts[names["scores"]],
+                                     acts[names["pattern"]], [grad_pattern])
+        expected = torch.zeros(len(data))
+        for point in points:
+            def put(x, hook, point=point, p=p):
+                x = x.clone()
+                x[:, p] = patch[point][:, p]
+                return x
+
+            patched, _ = run(model, data.clean_tokens, targets, hooks=[(point, put)])
+            expected += patched - base
+        if delta.rest.abs().max() > 0:
+            assert expected.abs().max() > 1e-4
+            torch.testing.assert_close(terms[:, p, 0], expected, atol=1e-5, rtol=1e-4)
+            checked += 1
+    assert checked > 0
+
+
+def test_relp_star_without_attention_effect_is_relp(neox_tokenizer, data):
+    """W_Q = W_K = 0: every pattern is constant, so no gradient crosses a softmax, the QK terms
+    are exactly 0 and RelP* is RelP; with the real weights they differ."""
+    model = gemma_like(neox_tokenizer)
+    real = scores(model, data, "relp*")
+    with torch.no_grad():
+        for block in model.model.blocks:
+            block.attn.W_Q.zero_()
+            block.attn._W_K.zero_()
+    star, relp = scores(model, data, "relp*"), scores(model, data, "relp")
+    for name in relp:
+        torch.testing.assert_close(star[name], relp[name], atol=1e-6, rtol=1e-5)
+    assert max((real[n] - star[n]).abs().max() for n in real) > 1e-3
+
+
+def test_relp_star_without_qk_fix_is_relp_with_the_ah_rule(gemma, data):
+    """Patterns as leaves of the forward (RelP*'s way) = the AH rule's detach (lrp_rules)."""
+    for rules in [(), ("ln", "identity", "half")]:
+        options = Options(rules=rules)
+        off = dict(relp_star.relp_star(gemma, data, options, qk_fix=False))
+        ah = scores(gemma, data, "relp", rules=(*rules, "ah"))
+        for name in ah:
+            torch.testing.assert_close(off[name], ah[name], atol=1e-6, rtol=1e-5)
+
+
+def test_relp_star_terms_are_the_difference_from_relp_with_ah(gemma, data):
+    """RelP* - (RelP + AH) = Σ over reading layers of the QK terms: zero at the last residual
+    site (no attention reads it), non-zero upstream."""
+    star = scores(gemma, data, "relp*")
+    ah = scores(gemma, data, "relp", rules=("ln", "identity", "half", "ah"))
+    torch.testing.assert_close(star["resid_1"], ah["resid_1"], atol=1e-6, rtol=1e-5)
+    assert (star["embed"] - ah["embed"]).abs().max() > 1e-4
+    assert (star["resid_0"] - ah["resid_0"]).abs().max() > 1e-4
+
+
+def test_atp_star_runs_the_qk_fix_on_gemma_attention(gemma, data):
+    """No fallback warning on QK-norm / GQA attention; the QK fix changes AtP."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fixed = dict(atp_star.score_batch(gemma, data, Options(), grad_drop=False))
+    plain = scores(gemma, data, "atp")
+    assert (fixed["embed"] - plain["embed"]).abs().max() > 1e-4
+    torch.testing.assert_close(fixed["resid_1"], plain["resid_1"], atol=1e-6, rtol=1e-5)
