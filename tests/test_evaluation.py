@@ -138,8 +138,10 @@ def test_intact_layers(organism, test_set, relp):
     assert everything.m_empty == pytest.approx(everything.m_full, abs=1e-4)
 
 
-def test_bad_selections_name_the_site(organism, test_set, relp):
+def test_bad_selections_name_the_site(organism, neurons, test_set, relp):
     sel = select_nodes(relp, top_k=10)
+    with pytest.raises(ValueError, match=r"'embed'\] has shape \(257,\); site embed has 65"):
+        faithfulness(neurons, sel, test_set)  # SAE scores on the neuron model
     with pytest.raises(ValueError, match="mlp_1"):
         faithfulness(organism, {**sel, "mlp_1": sel["mlp_1"][:-1]}, test_set)
     with pytest.raises(ValueError, match="missing \\['embed'\\]"):
@@ -246,3 +248,14 @@ def test_relp_circuit_is_faithful_on_the_organism(organism, construction):
     assert not reached.empty, df[["n_nodes", "faithfulness"]].to_string()
     total = sum(v.numel() for v in scores.sites.values())
     assert reached["n_nodes"].min() <= 0.12 * total  # at most 400 of 3341 nodes
+
+
+def test_sweep_of_per_position_scores(organism, test_set):
+    scores = attribute(organism, sva.load("across_pp", n=24), "relp", aggregation="none",
+                       progress=False)
+    total = sum(v.numel() for v in scores.sites.values())  # pos × nodes
+    df = sweep(organism, scores, test_set, node_counts=[0, 150, total], progress=False)
+    assert df["n_nodes"].tolist() == [0, 150, total]
+    assert df["faithfulness"].tolist() == pytest.approx(
+        [0.0, df["faithfulness"][1], 1.0], abs=1e-4)
+    assert 0.0 < df["faithfulness"][1] < 1.2
