@@ -2,7 +2,8 @@
 
 Layout (every node pinned, so the picture reads like the model):
 - one row (band) per site in model order, embed at the bottom and the metric on top; a row
-  with many nodes wraps onto several lines within its band; the site name on the left;
+  (or a position's cell) with many nodes wraps onto several lines within its band; the site
+  name on the left;
 - with positions kept, one column per token position, the token written below the bottom row;
 - node fill colour by sign (blue +, red −) and size of the effect, size by |effect|; error nodes
   are boxes, features ellipses, the metric an octagon;
@@ -27,6 +28,7 @@ NODE_W = 0.75  # inches between node centres in a row
 LINE_H = 0.7  # inches between wrapped lines of one site's row
 BAND_GAP = 0.55  # inches between site bands
 MAX_PER_LINE = 24  # nodes per line before a site's row wraps (position-summed circuits)
+MAX_PER_CELL = 6  # nodes per line of one (site, position) cell before it wraps
 BLUE, RED = (33, 102, 172), (178, 24, 43)
 INSTALL = ("install Graphviz for SVG output: `apt-get install graphviz` (Debian/Ubuntu), "
            "`brew install graphviz` (macOS), `conda install -c conda-forge graphviz`, or "
@@ -65,10 +67,13 @@ def to_dot(circuit: Circuit) -> str:
     # columns: one per position (as wide as its fullest cell), or one centred row per site
     if per_position:
         seq = meta["site_shapes"][meta["sites"][0]][0]
-        width = [max([sum(1 for p, _, _ in by_site[s] if p == q) for s in sites] + [1])
+        counts = {s: [sum(1 for p, _, _ in by_site[s] if p == q) for q in range(seq)]
+                  for s in sites}
+        width = [min(MAX_PER_CELL, max([counts[s][q] for s in sites] + [1]))
                  for q in range(seq)]
         starts = [sum(width[:q]) * NODE_W + q * NODE_W * 0.5 for q in range(seq)]
-        lines = dict.fromkeys(sites, 1)
+        lines = {s: max(1, *(-(-c // width[q]) for q, c in enumerate(counts[s])))
+                 for s in sites}
     else:
         lines = {s: max(1, -(-len(by_site[s]) // MAX_PER_LINE)) for s in sites}
 
@@ -80,9 +85,9 @@ def to_dot(circuit: Circuit) -> str:
         if per_position:
             seen: dict[int, int] = {}
             for p, _, n in by_site[s]:
-                k = seen.get(p, 0)
-                seen[p] = k + 1
-                xy[n] = (starts[p] + k * NODE_W, y)
+                line, k = divmod(seen.get(p, 0), width[p])
+                seen[p] = seen.get(p, 0) + 1
+                xy[n] = (starts[p] + k * NODE_W, y + line * LINE_H)
         else:
             row = by_site[s]
             for i, (_, _, n) in enumerate(row):
