@@ -1,82 +1,518 @@
 """The ``circuits`` command: a thin layer over the Python API (everything here is importable).
 
-circuits discover --model organism --task across_pp --method relp --out runs/x
+    circuits discover --task across_pp --method relp        scores, circuit, SVG, JSON, summary
+    circuits sweep --methods relp,ig,atp                     CSV and plot over thresholds
+    circuits evaluate runs/x/circuit.json                    faithfulness / completeness
+    circuits render runs/x/circuit.json                      SVG of a saved circuit
+    circuits compare --methods atp,relp,ig                   methods against exact patching
+
+Every run writes one run directory and prints where. Bad input (unknown task, method or model,
+unwritable output, thresholds out of range, a corrupted circuit file) is one line on stderr and
+exit code 2; the run directory is assembled in a temporary folder and moved into place only
+when complete, so a failed run leaves nothing half-written.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from circuits.attribute import attribute
+from circuits.circuit import Circuit, build, default_node_threshold
+from circuits.edges import EDGE_METHODS, attribute_edges
 from circuits.methods import METHODS
+from circuits.select import select_nodes
 from circuits.top import top_nodes
 from saes.load import MODELS, load
 from tasks import sva
+from tasks.pairs import PromptPair
+
+RUN_MARKER = "run.json"  # written last into every run directory
 
 
 class UsageError(Exception):
     """Bad input from the command line: printed as one line, exit code 2."""
 
 
+# ---- checks made before anything is loaded ---------------------------------------------------
 def check_task(task: str) -> None:
-    """A construction name or a path to a JSONL file of prompt pairs (checked before loading)."""
-    if task not in sva.CONSTRUCTIONS and not Path(task).is_file():
+    """A construction name or a path to a JSONL file of prompt pairs."""
+    if task in sva.CONSTRUCTIONS:
+        return
+    if not task.endswith((".json", ".jsonl")) and "/" not in task:
         raise UsageError(
             f"unknown task {task!r}; use one of {', '.join(sva.CONSTRUCTIONS)} or a JSONL path"
         )
+    if not Path(task).is_file():
+        raise UsageError(f"task file {task} does not exist; pass an existing JSONL file")
 
 
-def run_dir(out: Path | None, name: str) -> Path:
-    path = out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+def check_model(name: str | None) -> None:
+    if name is not None and name not in MODELS:
+        raise UsageError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+
+
+def check_methods(methods: list[str], allowed: tuple[str, ...] | list[str]) -> None:
+    unknown = [m for m in methods if m not in allowed]
+    if unknown or not methods:
+        raise UsageError(
+            f"unknown method(s) {unknown or methods}; choose from {', '.join(allowed)}"
+        )
+
+
+def check_threshold(name: str, value: float | None, *, upper: float | None = None) -> None:
+    if value is None:
+        return
+    if math.isnan(value) or value < 0 or (upper is not None and value > upper):
+        span = f"[0, {upper}]" if upper is not None else ">= 0"
+        raise UsageError(f"{name} must be a number in {span}, got {value}")
+
+
+def split_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def parse_numbers(name: str, text: str, kind: type) -> list:
+    """'0.1,0.01' or, for floats, 'logspace:START:STOP:N' (powers of ten, as numpy)."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        if kind is float and text.startswith("logspace:"):
+            _, start, stop, n = text.split(":")
+            a, b, k = float(start), float(stop), int(n)
+            if k < 1:
+                raise ValueError
+            return [10 ** (a + (b - a) * i / max(k - 1, 1)) for i in range(k)]
+        values = [kind(item) for item in split_list(text)]
+    except ValueError:
+        raise UsageError(
+            f"{name} {text!r} is not a comma-separated list of {kind.__name__}s"
+            + (" or logspace:START:STOP:N" if kind is float else "")
+        ) from None
+    if not values:
+        raise UsageError(f"{name} is empty; give at least one value")
+    for value in values:
+        check_threshold(name, value)
+    return values
+
+
+# ---- run directories: complete or absent -----------------------------------------------------
+@dataclass
+class Run:
+    path: Path  # where the run ends up
+    work: Path  # where it is written meanwhile
+
+
+@contextmanager
+def run_dir(out: Path | None, name: str, args: argparse.Namespace) -> Iterator[Run]:
+    """A run directory assembled in a hidden temporary sibling and moved into place at the end.
+
+    An existing ``out`` is replaced only if it is an earlier run (it holds run.json) or empty; a
+    failure removes the temporary folder and leaves ``out`` as it was.
+    """
+    path = out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {path} is a file; pass a directory")
+    if path.is_dir() and any(path.iterdir()) and not (path / RUN_MARKER).exists():
+        raise UsageError(
+            f"--out {path} exists and is not a circuits run directory; pass a new or empty one"
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        work.chmod(0o777 & ~umask)  # mkdtemp makes it private; a run directory is not
     except OSError as err:
-        raise UsageError(f"cannot create output directory {path}: {err.strerror}") from err
-    return path
+        raise UsageError(f"cannot write the run directory {path}: {err.strerror}") from err
+    try:
+        yield Run(path, work)
+        meta = {"command": args.command, "argv": sys.argv[1:], "finished": time.ctime(),
+                **{k: str(v) for k, v in vars(args).items() if k != "func"}}
+        (work / RUN_MARKER).write_text(json.dumps(meta, indent=1))
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            path.rename(old)
+            work.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            work.rename(path)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    print(f"\nwrote {path}/")
 
 
+# ---- data ------------------------------------------------------------------------------------
+def load_pairs(task: str, model, n: int, eval_n: int) -> tuple[list[PromptPair], list[PromptPair]]:
+    """Discovery and evaluation pairs (n or eval_n may be 0: none): the train and test splits of
+    a construction, or the first n and the next eval_n pairs of a JSONL file."""
+    if task in sva.CONSTRUCTIONS:
+        train = sva.load(task, "train", n=n, tokenizer=model.tokenizer) if n else []
+        test = sva.load(task, "test", n=eval_n, tokenizer=model.tokenizer) if eval_n else []
+        return train, test
+    pairs = sva.load(task, tokenizer=model.tokenizer)
+    if len(pairs) < n + eval_n:
+        raise UsageError(
+            f"{task} has {len(pairs)} usable pairs for this model; --n {n} + --eval-n {eval_n} "
+            f"need {n + eval_n}: lower them"
+        )
+    return pairs[:n], pairs[n : n + eval_n]
+
+
+def rules_arg(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [] if text == "none" else split_list(text)
+
+
+def method_kwargs(method: str, args: argparse.Namespace) -> dict:
+    kwargs: dict = {"batch_size": args.batch_size, "progress": not args.quiet}
+    if method == "ig":
+        kwargs["steps"] = args.steps
+    if method in ("relp", "relp*") and args.rules is not None:
+        kwargs["rules"] = rules_arg(args.rules)
+    return kwargs
+
+
+def load_model(name: str, device: str | None, dictionaries=None):
+    print(f"loading {name} ...", flush=True)
+    model = load(name, device=device, dictionaries=dictionaries)
+    print(repr(model))
+    return model
+
+
+# ---- subcommands -----------------------------------------------------------------------------
 def discover(args: argparse.Namespace) -> None:
+    from evaluation import completeness, faithfulness, node_means
+
+    check_model(args.model)
     check_task(args.task)
-    out = run_dir(args.out, f"{args.task}-{args.method}")
-    model = load(args.model)
-    pairs = sva.load(args.task, n=args.n, tokenizer=model.tokenizer)
-    scores = attribute(model, pairs, args.method, batch_size=args.batch_size)
-    scores.save(out / "scores.safetensors")
-    ranked = top_nodes(scores, args.top)
-    print(f"{model!r}\n{len(pairs)} {args.task} pairs, method {args.method}\n")
-    print(f"{'node':<32} {'score':>10}")
-    for node in ranked:
-        print(f"{node.label:<32} {node.score:>10.4f}")
-    (out / "top_nodes.json").write_text(
-        json.dumps([{**node.__dict__, "label": node.label} for node in ranked], indent=2)
-    )
-    print(f"\nwrote {out}/ (scores.safetensors, top_nodes.json)")
+    check_methods([args.method], list(METHODS))
+    check_threshold("--node-threshold", args.node_threshold)
+    check_threshold("--edge-threshold", args.edge_threshold)
+    if args.top_k is not None and args.top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.node_threshold is not None and args.top_k is not None:
+        raise UsageError("give --node-threshold or --top-k, not both")
+    edge_method = args.edge_method or (args.method if args.method in EDGE_METHODS else "atp")
+    check_methods([edge_method], EDGE_METHODS)
+    with run_dir(args.out, f"{args.task}-{args.method}", args) as run:
+        model = load_model(args.model, args.device)
+        train, test = load_pairs(args.task, model, args.n, args.eval_n)
+        started = time.perf_counter()
+        scores = attribute(model, train, args.method, **method_kwargs(args.method, args))
+        scores.save(run.work / "scores.safetensors")
+        node_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        circuit = build(
+            scores, node_threshold=args.node_threshold, top_k=args.top_k,
+            edge_threshold=args.edge_threshold,
+            edges=None if args.no_edges else _edges(model, train, scores, edge_method, args),
+            model=model, data=train,
+        )
+        edge_seconds = time.perf_counter() - started
+        circuit.save(run.work / "circuit.json")
+        svg = circuit.to_svg(run.work / "circuit.svg")
+        means = node_means(model, test)
+        faith = faithfulness(model, circuit, test, means=means)
+        complete = completeness(model, circuit, test, means=means)
+        summary = {
+            "model": model.name, "task": args.task, "method": args.method,
+            "edge_method": None if args.no_edges else edge_method,
+            "n_discovery": len(train), "n_evaluation": len(test),
+            "node_threshold": circuit.meta["node_threshold"], "top_k": args.top_k,
+            "edge_threshold": args.edge_threshold,
+            "n_nodes": circuit.n_nodes, "n_edges": circuit.n_edges,
+            "n_error_nodes": sum(1 for _, k in circuit.graph.nodes(data="kind") if k == "error"),
+            "faithfulness": _finite(faith.value), "completeness": _finite(complete.value),
+            "m_full": faith.m_full, "m_empty": faith.m_empty, "m_circuit": faith.m_circuit,
+            "m_complement": complete.m_circuit,
+            "seconds_nodes": round(node_seconds, 2), "seconds_circuit": round(edge_seconds, 2),
+        }
+        (run.work / "summary.json").write_text(json.dumps(summary, indent=1))
+        ranked = top_nodes(scores, args.top)
+        (run.work / "top_nodes.json").write_text(
+            json.dumps([{**node.__dict__, "label": node.label} for node in ranked], indent=1)
+        )
+        print(f"\n{len(train)} {args.task} pairs, method {args.method}"
+              f" (nodes {node_seconds:.1f}s, circuit {edge_seconds:.1f}s)")
+        print(f"circuit: {circuit.n_nodes} nodes ({summary['n_error_nodes']} error), "
+              f"{circuit.n_edges} edges, node threshold {summary['node_threshold']:.4g}")
+        print(f"on {len(test)} held-out pairs: faithfulness {faith.value:.3f}, completeness "
+              f"{complete.value:.3f} (m(M) {faith.m_full:.3f}, m(C) {faith.m_circuit:.3f}, "
+              f"m(empty) {faith.m_empty:.3f})")
+        print(f"\n{'node':<32} {'score':>10}")
+        for node in ranked:
+            print(f"{node.label:<32} {node.score:>10.4f}")
+        print(f"\nfiles: scores.safetensors circuit.json {Path(svg).name} summary.json "
+              "top_nodes.json")
+
+
+def _edges(model, train, scores, edge_method: str, args):
+    """Edges computed with the scoring method, or with ``edge_method`` for methods (exact,
+    atp*) that have no edge definition."""
+    if edge_method == scores.method:
+        return None  # build computes them with the scores' own method and options
+    threshold = args.node_threshold
+    if threshold is None and args.top_k is None:
+        threshold = default_node_threshold(scores)
+    selection = select_nodes(scores, node_threshold=threshold, top_k=args.top_k)
+    return attribute_edges(model, train, edge_method, selection,
+                           **method_kwargs(edge_method, args))
+
+
+def _finite(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def sweep_command(args: argparse.Namespace) -> None:
+    from evaluation import plot_sweep, sweep
+
+    check_model(args.model)
+    check_task(args.task)
+    methods = split_list(args.methods)
+    check_methods(methods, list(METHODS) + ["neurons"])
+    thresholds = parse_numbers("--thresholds", args.thresholds, float) if args.thresholds else None
+    counts = parse_numbers("--node-counts", args.node_counts, int) if args.node_counts else None
+    if thresholds and counts:
+        raise UsageError("give --thresholds or --node-counts, not both")
+    with run_dir(args.out, f"sweep-{args.task}", args) as run:
+        model = load_model(args.model, args.device)
+        train, test = load_pairs(args.task, model, args.n, args.eval_n)
+        all_scores = {}
+        for method in methods:
+            if method == "neurons":
+                continue
+            all_scores[method] = attribute(model, train, method, **method_kwargs(method, args))
+            all_scores[method].save(run.work / f"scores-{_file_safe(method)}.safetensors")
+        table = sweep(model, all_scores, test, thresholds=thresholds, node_counts=counts,
+                      progress=not args.quiet)
+        if "neurons" in methods:  # the neuron baseline: identity dictionaries, scored with relp
+            neurons = load(args.model, device=args.device, dictionaries="neurons")
+            scores = attribute(neurons, train, "relp", **method_kwargs("relp", args))
+            scores.save(run.work / "scores-neurons.safetensors")
+            import pandas as pd
+
+            extra = sweep(neurons, {"neurons": scores}, test, thresholds=thresholds,
+                          node_counts=counts, progress=not args.quiet)
+            table = pd.concat([table, extra], ignore_index=True)
+        table.insert(0, "task", args.task)
+        table.to_csv(run.work / "sweep.csv", index=False)
+        plot_sweep(table, run.work / "sweep", title=f"{model.name}: {args.task}")
+        shown = ["method", "threshold", "top_k", "n_nodes", "faithfulness", "completeness"]
+        print(table[shown].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print("\nfiles: sweep.csv sweep.png sweep.svg scores-*.safetensors")
+
+
+def _file_safe(method: str) -> str:
+    return method.replace("*", "_star")
+
+
+def read_circuit(path: Path) -> Circuit:
+    try:
+        return Circuit.load(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"{path} is not a circuit file (invalid JSON: {err}); "
+                         "pass a circuit.json written by `circuits discover`") from err
+    except (KeyError, TypeError) as err:
+        raise UsageError(f"{path} is not a circuit file (missing {err}); "
+                         "pass a circuit.json written by `circuits discover`") from err
+
+
+def evaluate_command(args: argparse.Namespace) -> None:
+    from evaluation import completeness, faithfulness, node_means
+
+    check_task(args.task)
+    circuit = read_circuit(args.circuit)
+    # a neuron-baseline circuit names its model "<model>+neurons" (identity dictionaries)
+    model_name, neurons, _ = (args.model or str(circuit.meta.get("model"))).partition("+")
+    if model_name not in MODELS:
+        raise UsageError(f"the circuit's model {model_name!r} is not one of {MODELS}; "
+                         "pass --model")
+    with run_dir(args.out, f"evaluate-{args.task}", args) as run:
+        model = load_model(model_name, args.device, "neurons" if neurons else None)
+        _, test = load_pairs(args.task, model, 0, args.eval_n)
+        means = node_means(model, test)
+        faith = faithfulness(model, circuit, test, means=means, intact_layers=args.intact_layers)
+        complete = completeness(model, circuit, test, means=means,
+                                intact_layers=args.intact_layers)
+        result = {
+            "circuit": str(args.circuit), "model": model.name, "task": args.task,
+            "n_evaluation": len(test), "n_nodes": circuit.n_nodes,
+            "faithfulness": _finite(faith.value), "completeness": _finite(complete.value),
+            "m_full": faith.m_full, "m_empty": faith.m_empty, "m_circuit": faith.m_circuit,
+            "m_complement": complete.m_circuit, "intact_layers": args.intact_layers,
+        }
+        (run.work / "evaluation.json").write_text(json.dumps(result, indent=1))
+        print(f"{circuit.n_nodes} nodes on {len(test)} {args.task} pairs: faithfulness "
+              f"{faith.value:.3f}, completeness {complete.value:.3f} (m(M) {faith.m_full:.3f}, "
+              f"m(C) {faith.m_circuit:.3f}, m(empty) {faith.m_empty:.3f})")
+
+
+def render_command(args: argparse.Namespace) -> None:
+    circuit = read_circuit(args.circuit)
+    out = args.out or args.circuit.with_suffix(".svg")
+    if out.suffix != ".svg":
+        raise UsageError(f"--out {out} must end in .svg")
+    if not os.access(out.parent if out.parent.exists() else Path("."), os.W_OK):
+        raise UsageError(f"cannot write {out}: its directory is not writable")
+    # drawn next to the target, then moved: a failed drawing leaves no half-written SVG
+    with tempfile.TemporaryDirectory(prefix=".render-", dir=out.parent) as work:
+        drawn = Path(circuit.to_svg(Path(work) / out.name))
+        for produced in Path(work).iterdir():
+            produced.replace(out.parent / produced.name)
+    print(f"{circuit.n_nodes} nodes, {circuit.n_edges} edges\nwrote {out.parent / drawn.name}")
+
+
+def compare_command(args: argparse.Namespace) -> None:
+    from evaluation.agreement import agreement, agreement_table
+
+    check_model(args.model)
+    check_task(args.task)
+    methods = split_list(args.methods)
+    check_methods(methods, [m for m in METHODS if m != "exact"])
+    with run_dir(args.out, f"compare-{args.task}", args) as run:
+        bare = args.bare or args.model == "gemma-3-270m"
+        model = load_model(args.model, args.device, False if bare else None)
+        train, _ = load_pairs(args.task, model, args.n, 0)
+        aggregation = "none" if bare else "sum"
+        timings = {}
+        all_scores = {}
+        for method in ["exact", *methods]:
+            started = time.perf_counter()
+            all_scores[method] = attribute(model, train, method, aggregation=aggregation,
+                                           **method_kwargs(method, args))
+            timings[method] = time.perf_counter() - started
+            all_scores[method].save(run.work / f"scores-{_file_safe(method)}.safetensors")
+        exact = all_scores.pop("exact")
+        table = agreement(all_scores, exact)
+        table.to_csv(run.work / "agreement.csv", index=False)
+        base = timings.get("atp")
+        times = " · ".join(
+            f"{m} {t:.1f}s" + (f" ({t / base:.1f}× atp)" if base else "")
+            for m, t in timings.items()
+        )
+        text = (f"Pearson r against exact patching, {len(train)} {args.task} pairs, "
+                f"{model.name}{' (components)' if bare else ''}\n\n"
+                f"{agreement_table(table)}\n\ntimes: {times}\n")
+        (run.work / "agreement.md").write_text(text)
+        print("\n" + text)
+
+
+# ---- the parser ------------------------------------------------------------------------------
+def _common(p: argparse.ArgumentParser, *, n: int | None = 100, eval_n: int | None = 40) -> None:
+    p.add_argument("--model", default="organism",
+                   help=f"one of {', '.join(MODELS)} (default: organism, offline, shipped in "
+                        "this repo)")
+    p.add_argument("--task", default="across_pp",
+                   help=f"agreement construction ({', '.join(sva.CONSTRUCTIONS)}) or a JSONL "
+                        "file of prompt pairs (default: across_pp)")
+    if n is not None:
+        p.add_argument("--n", type=_positive, default=n,
+                       help=f"prompt pairs for attribution (default {n})")
+    if eval_n is not None:
+        p.add_argument("--eval-n", type=_positive, default=eval_n,
+                       help=f"held-out pairs for evaluation (default {eval_n})")
+    p.add_argument("--batch-size", type=_positive, default=32, help="pairs per batch (32)")
+    p.add_argument("--steps", type=_positive, default=10, help="ig interpolation steps (10)")
+    p.add_argument("--rules", default=None,
+                   help="relp LRP rules, comma-separated (ln,identity,half,ah) or 'none' "
+                        "(default: the model family's set)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="run directory (default runs/<what>-<time>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line (no usage block) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="circuits", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("discover", help="score every node on a task and list the top ones")
-    d.add_argument("--model", default="organism", choices=MODELS, help="model to load")
-    d.add_argument("--task", default="across_pp", help="construction name or JSONL path")
-    d.add_argument("--method", default="relp", choices=list(METHODS), help="attribution method")
-    d.add_argument("--n", type=int, default=100, help="number of prompt pairs")
-    d.add_argument("--batch-size", type=int, default=32, help="prompt pairs per batch")
-    d.add_argument("--top", type=int, default=20, help="nodes to list")
-    d.add_argument("--out", type=Path, default=None, help="run directory (default runs/...)")
+    p = _Parser(prog="circuits", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    d = sub.add_parser("discover", help="scores, circuit, SVG, JSON and a summary")
+    _common(d)
+    d.add_argument("--method", default="relp", help=f"one of {', '.join(METHODS)} (relp)")
+    d.add_argument("--node-threshold", type=float, default=None,
+                   help="keep nodes with |score| >= this (default: 1%% of the total effect)")
+    d.add_argument("--top-k", type=int, default=None, help="keep the k strongest nodes instead")
+    d.add_argument("--edge-threshold", type=float, default=None,
+                   help="keep edges with |weight| >= this (default: every non-zero edge)")
+    d.add_argument("--edge-method", default=None,
+                   help=f"edge attribution ({', '.join(EDGE_METHODS)}); default: the node "
+                        "method, or atp for exact and atp*")
+    d.add_argument("--no-edges", action="store_true", help="nodes only")
+    d.add_argument("--top", type=int, default=15, help="nodes to list (15)")
     d.set_defaults(func=discover)
+
+    s = sub.add_parser("sweep", help="faithfulness/completeness over thresholds: CSV and plot")
+    _common(s)
+    s.add_argument("--methods", default="relp,ig,atp,neurons",
+                   help="comma-separated methods; 'neurons' adds the neuron baseline (relp on "
+                        "identity dictionaries) (default relp,ig,atp,neurons)")
+    s.add_argument("--thresholds", default=None,
+                   help="node thresholds: '0.1,0.01' or logspace:-4:0:15")
+    s.add_argument("--node-counts", default=None,
+                   help="circuit sizes (top k nodes), e.g. '5,10,20,50' (default: 0 and 16 "
+                        "counts spaced geometrically up to all nodes)")
+    s.set_defaults(func=sweep_command)
+
+    e = sub.add_parser("evaluate", help="faithfulness/completeness of a saved circuit")
+    e.add_argument("circuit", type=Path, help="circuit.json written by discover")
+    _common(e, n=None)
+    e.set_defaults(model=None)
+    e.add_argument("--intact-layers", type=int, default=0,
+                   help="never ablate sites of layers below this (embed is layer 0)")
+    e.set_defaults(func=evaluate_command)
+
+    r = sub.add_parser("render", help="SVG from a saved circuit")
+    r.add_argument("circuit", type=Path, help="circuit.json written by discover")
+    r.add_argument("--out", type=Path, default=None,
+                   help="SVG file to write (default: the circuit's path with .svg)")
+    r.set_defaults(func=render_command)
+
+    c = sub.add_parser("compare", help="methods against exact patching (Pearson r per site)")
+    _common(c, n=20, eval_n=None)
+    c.add_argument("--methods", default="atp,relp,ig,atp*",
+                   help="comma-separated methods to compare with exact (atp,relp,ig,atp*)")
+    c.add_argument("--bare", action="store_true",
+                   help="components instead of features (always so for gemma-3-270m)")
+    c.set_defaults(func=compare_command)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a malformed command line (2)
+        return int(stop.code or 0)
     try:
         args.func(args)
-    except (UsageError, ValueError) as err:
+    except (UsageError, ValueError, FileNotFoundError) as err:
         print(f"circuits {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

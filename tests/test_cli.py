@@ -1,56 +1,143 @@
-"""The `circuits` command end to end (offline Pythia stand-in; the organism once it ships)."""
+"""The `circuits` command end to end on the organism: each subcommand's outputs, and bad input
+as one line on stderr, exit code 2, nothing written."""
 
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 
+import pandas as pd
+import pytest
+import torch
+
+from circuits.circuit import Circuit
 from circuits.cli import main
 from circuits.scores import Scores
 
+SMALL = ["--n", "12", "--eval-n", "8", "--batch-size", "12", "--quiet"]
 
-def test_discover_writes_scores_and_top_nodes(pythia_cache, tmp_path, capsys):
-    out = tmp_path / "run"
-    code = main(
-        [
-            "discover",
-            "--model",
-            "pythia-70m-deduped",
-            "--task",
-            "simple",
-            "--n",
-            "6",
-            "--method",
-            "atp",
-            "--top",
-            "5",
-            "--out",
-            str(out),
-        ]
-    )
-    assert code == 0
-    scores = Scores.load(out / "scores.safetensors")
-    assert scores.method == "atp" and scores.n_examples == 6 and len(scores.sites) == 19
-    top = json.loads((out / "top_nodes.json").read_text())
-    assert len(top) == 5
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def discovered(tmp_path_factory):
+    """One `discover` run shared by the tests that read its outputs."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["discover", "--task", "within_rc", "--top", "5", "--out", str(out), *SMALL]) == 0
+    return out
+
+
+def test_discover_writes_a_complete_run(discovered):
+    files = {p.name for p in discovered.iterdir()}
+    assert {"scores.safetensors", "circuit.json", "circuit.svg", "summary.json", "run.json",
+            "top_nodes.json"} <= files
+    summary = json.loads((discovered / "summary.json").read_text())
+    circuit = Circuit.load(discovered / "circuit.json")
+    scores = Scores.load(discovered / "scores.safetensors")
+    assert scores.method == "relp" and scores.n_examples == 12
+    assert summary["n_nodes"] == circuit.n_nodes > 0 and summary["n_edges"] == circuit.n_edges
+    assert circuit.n_edges > 0 and 0 < summary["faithfulness"] <= 1.5
+    top = json.loads((discovered / "top_nodes.json").read_text())
     magnitudes = [abs(node["score"]) for node in top]
-    assert magnitudes == sorted(magnitudes, reverse=True) and magnitudes[0] > 0
-    printed = capsys.readouterr().out
-    assert top[0]["label"] in printed and str(out) in printed
+    assert len(top) == 5 and magnitudes == sorted(magnitudes, reverse=True)
+    assert not [p for p in discovered.parent.iterdir() if ".partial-" in p.name]
 
 
-def test_unknown_task_exits_2_with_one_line(pythia_cache, tmp_path, capsys):
-    code = main(
-        [
-            "discover",
-            "--model",
-            "pythia-70m-deduped",
-            "--task",
-            "across_the_sea",
-            "--out",
-            str(tmp_path / "x"),
-        ]
-    )
+def test_evaluate_reproduces_the_discover_summary(discovered, tmp_path, capsys):
+    """Same circuit, same held-out pairs: the same faithfulness and completeness."""
+    out = tmp_path / "eval"
+    code = main(["evaluate", str(discovered / "circuit.json"), "--task", "within_rc",
+                 "--eval-n", "8", "--out", str(out), "--quiet"])
+    assert code == 0
+    result = json.loads((out / "evaluation.json").read_text())
+    summary = json.loads((discovered / "summary.json").read_text())
+    for key in ("faithfulness", "completeness", "m_full", "m_empty"):
+        assert result[key] == pytest.approx(summary[key], abs=1e-5), key
+    assert f"{summary['faithfulness']:.3f}" in capsys.readouterr().out
+
+
+def test_render_draws_one_svg_node_per_circuit_node(discovered, tmp_path):
+    out = tmp_path / "drawn.svg"
+    assert main(["render", str(discovered / "circuit.json"), "--out", str(out)]) == 0
+    circuit = Circuit.load(discovered / "circuit.json")
+    svg = ET.parse(out).getroot()
+    ns = {"svg": "http://www.w3.org/2000/svg"}
+    titles = {g.findtext("svg:title", namespaces=ns) for g in svg.iterfind(".//svg:g", ns)
+              if "node" in (g.get("class") or "").split()}
+    assert set(circuit.graph.nodes) <= titles
+
+
+def test_sweep_writes_csv_and_plots(tmp_path):
+    out = tmp_path / "sweep"
+    code = main(["sweep", "--task", "simple", "--methods", "atp,relp,neurons",
+                 "--node-counts", "1,10,100000", "--out", str(out), *SMALL])
+    assert code == 0
+    table = pd.read_csv(out / "sweep.csv")
+    assert set(table["method"]) == {"atp", "relp", "neurons"} and len(table) == 9
+    everything = table[table["top_k"] == 100000]
+    assert everything["faithfulness"].to_numpy() == pytest.approx(1.0, abs=1e-4)
+    assert (out / "sweep.png").stat().st_size > 0 and (out / "sweep.svg").exists()
+
+
+def test_compare_tables_methods_against_exact(tmp_path):
+    out = tmp_path / "compare"
+    code = main(["compare", "--task", "across_pp", "--methods", "atp,relp", "--n", "6",
+                 "--out", str(out), "--quiet"])
+    assert code == 0
+    table = pd.read_csv(out / "agreement.csv")
+    pooled = table[table["site"] == "all sites"].set_index("method")["r"]
+    # the organism is close to linear between sites and metric: AtP tracks exact closely
+    assert pooled["atp"] > 0.9 and pooled["relp"] > 0.8
+    assert "| **all sites** |" in (out / "agreement.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["discover", "--task", "across_the_sea"], "unknown task 'across_the_sea'"),
+        (["discover", "--method", "magic"], "unknown method(s) ['magic']"),
+        (["discover", "--model", "gpt-5"], "unknown model 'gpt-5'"),
+        (["discover", "--node-threshold", "-1"], "--node-threshold must be a number"),
+        (["sweep", "--thresholds", "0.1,abc"], "is not a comma-separated list"),
+        (["discover", "--n", "0"], "must be at least 1"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_nothing_written(argv, message, tmp_path, capsys):
+    code = main([*argv, "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert err.count("\n") == 0 and "unknown task 'across_the_sea'" in err
-    assert not (tmp_path / "x").exists()
+    assert code == 2 and err.count("\n") == 0 and message in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_output_directory(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    code = main(["discover", "--out", str(blocker / "run"), *SMALL])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "cannot write the run directory" in err
+
+
+def test_corrupted_circuit_file(tmp_path, capsys):
+    broken = tmp_path / "circuit.json"
+    broken.write_text('{"graph": {"nodes": [')
+    for command in ("render", "evaluate"):
+        assert main([command, str(broken)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "is not a circuit file" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["circuit.json"]
+
+
+def test_a_failed_run_keeps_the_previous_one(discovered, capsys):
+    """A run that fails after the checks (here: too many pairs asked) leaves --out as it was."""
+    before = {p.name: p.stat().st_mtime_ns for p in discovered.iterdir()}
+    code = main(["discover", "--task", "within_rc", "--n", "999999", "--out", str(discovered),
+                 "--quiet"])
+    assert code == 2 and "asked for n=999999" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in discovered.iterdir()} == before
+    assert not [p for p in discovered.parent.iterdir() if ".partial-" in p.name]

@@ -1,0 +1,74 @@
+"""``agreement``: how well each method's node scores match exact activation patching.
+
+Pearson r between a method's scores and the exact scores, per site and over all sites pooled,
+on the nodes that moved (a non-zero score in either; nodes that never move score 0 in every
+method and would inflate r). Feature and error nodes are compared alike; on a bare model the
+nodes are the components at each position. A method that scores magnitudes only (``signed``
+False, e.g. atp*) is compared with |exact|. Reads scores; never computes them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from circuits.scores import Scores
+
+POOLED = "all sites"
+
+
+def pearson(x: Tensor, y: Tensor) -> float:
+    """Pearson r of two flat tensors; NaN with fewer than 2 points or zero variance."""
+    x, y = x.double().flatten(), y.double().flatten()
+    if len(x) < 2:
+        return math.nan
+    x, y = x - x.mean(), y - y.mean()
+    denominator = float(x.norm() * y.norm())
+    return float((x * y).sum()) / denominator if denominator > 0 else math.nan
+
+
+def agreement(scores: Mapping[str, Scores], exact: Scores) -> pd.DataFrame:
+    """One row per (method, site) plus a pooled row per method: columns method, site, r,
+    n_nodes (nodes compared)."""
+    if exact.per_example:
+        raise ValueError("agreement needs averaged exact scores; attribute with per_example=False")
+    rows = []
+    for label, s in scores.items():
+        if s.per_example or s.aggregation != exact.aggregation or s.model != exact.model:
+            raise ValueError(
+                f"scores[{label!r}] ({s.model}, aggregation {s.aggregation}, per_example "
+                f"{s.per_example}) do not match the exact scores ({exact.model}, aggregation "
+                f"{exact.aggregation}, averaged); attribute both on the same model and data"
+            )
+        xs, ys = [], []
+        for site, reference in exact.sites.items():
+            truth = reference if s.signed else reference.abs()
+            mine = s.sites[site].to(truth.device)
+            moved = (mine != 0) | (truth != 0)
+            xs.append(mine[moved].float().cpu())
+            ys.append(truth[moved].float().cpu())
+            rows.append(
+                {"method": label, "site": site, "r": pearson(xs[-1], ys[-1]),
+                 "n_nodes": int(moved.sum())}
+            )
+        x, y = torch.cat(xs), torch.cat(ys)
+        rows.append({"method": label, "site": POOLED, "r": pearson(x, y), "n_nodes": len(x)})
+    return pd.DataFrame(rows, columns=["method", "site", "r", "n_nodes"])
+
+
+def agreement_table(df: pd.DataFrame) -> str:
+    """The agreement DataFrame as a markdown table: one row per site, one column per method."""
+    wide = df.pivot(index="site", columns="method", values="r")
+    sites = list(dict.fromkeys(df["site"]))
+    methods = list(dict.fromkeys(df["method"]))
+    lines = ["| site | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for site in sites:
+        cells = [f"{wide.loc[site, m]:.3f}" if not math.isnan(wide.loc[site, m]) else "n/a"
+                 for m in methods]
+        name = f"**{site}**" if site == POOLED else site
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
