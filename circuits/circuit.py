@@ -32,6 +32,7 @@ from tasks.pairs import Dataset, PromptPair
 
 FORMAT = "circuits.circuit/1"
 DEFAULT_RELATIVE_THRESHOLD = 0.01  # of the total effect; see default_node_threshold
+DEFAULT_MAX_NODES = 500  # the default threshold keeps at most this many nodes (ties aside)
 
 
 @dataclass
@@ -125,16 +126,22 @@ class Circuit:
 
 
 def default_node_threshold(scores: Scores) -> float:
-    """1% of the total effect, the largest |Σ scores| of one site.
+    """1% of the total effect (the largest |Σ scores| of one site), raised if needed so that at
+    most DEFAULT_MAX_NODES nodes pass.
 
     Every resid site is a cut of the model, so its node scores sum to (about) the metric's change
     from clean to patch; a fixed fraction of it is scale-free (logit differences differ between
     models and tasks, so one absolute number, e.g. Sparse Feature Circuits' 0.1 for Pythia, fits
-    one setting only). On the organism's agreement tasks it keeps ~100 nodes, a readable graph.
+    one setting only). On the organism's agreement tasks it keeps ~100 nodes. Where effects are
+    spread thin (e.g. random weights) 1% can keep thousands of nodes: no readable graph, and
+    edge cost grows with the nodes kept, hence the cap.
     """
-    totals = [float(v.sum()) for v in scores.sites.values()]
-    total = max((abs(t) for t in totals), default=0.0)
-    return DEFAULT_RELATIVE_THRESHOLD * total if total > 0 else 0.0
+    totals = [abs(float(v.sum())) for v in scores.sites.values()]
+    threshold = DEFAULT_RELATIVE_THRESHOLD * max(totals, default=0.0)
+    flat = torch.cat([v.abs().flatten().float().cpu() for v in scores.sites.values()])
+    if len(flat) > DEFAULT_MAX_NODES:
+        threshold = max(threshold, float(flat.topk(DEFAULT_MAX_NODES).values[-1]))
+    return threshold
 
 
 def build(

@@ -24,10 +24,14 @@ rule hooks active (for g and for the block's backward: the LRP-changed backward 
 Sparse Feature Circuits does, uses as g_d the integrated gradient ḡ at D (mean over the
 clean → patch path of D alone, the one the ig node scores use) and the clean Jacobian.
 
-Speed: one forward of each block per batch, then one batched vector-Jacobian product
-(``is_grads_batched``: one row per downstream node, chunked) for all selected downstream nodes of
-a site, never one backward per node. Downstream cotangents and upstream dot products are sparse:
-only the W_enc columns / W_dec rows of selected or active features are gathered.
+Speed: never one backward per downstream node. Into attn_L: one forward of block L per batch,
+then one batched vector-Jacobian product (``is_grads_batched``, one row per downstream node,
+chunked) for all its selected nodes. Into mlp_L: the MLP works token by token, so one batch row
+per (downstream node, token) where the cotangent is non-zero (a feature is active on few tokens),
+through one forward and backward of the MLP on just those rows. Into resid_L: no backward at all
+(identity). Downstream cotangents and upstream dot products are sparse: only the W_enc columns /
+W_dec rows of selected or active features are gathered. Cost per batch: the two encodings of
+every site that node attribution also pays, plus Σ_downstream nodes × (one block backward).
 
 Positions. aggregation "sum" (the scores' [n_nodes] masks): a node stands for all its positions,
 d summed over positions and u over positions (as SFC). "none" ([pos, n_nodes] masks): a node is
@@ -476,15 +480,34 @@ class _Block:
             fwd.append((prefix + "hook_resid_mid", cut_mid))
         with torch.enable_grad(), tl.hooks(fwd_hooks=fwd):
             tl.blocks[layer](self.pre)
+        self.tl, self.block, self.hooks = tl, tl.blocks[layer], list(hooks)
         self.attn, self.mlp = out["hook_attn_out"], out["hook_mlp_out"]
         self.mlp_in = self.pre if self.parallel else mid_leaf["x"]
 
     def vjp(self, down: Site, up: Site, v: Tensor) -> Tensor:
         """v [N, b, pos, d] at the downstream sublayer's output -> [N, b, pos, d] at ``up``."""
-        out, wrt = (self.attn, self.pre) if down.kind == "attn" else (self.mlp, self.mlp_in)
-        (g,) = torch.autograd.grad(out, wrt, grad_outputs=v, retain_graph=True,
+        if down.kind == "mlp":
+            return self._mlp_vjp(v)
+        (g,) = torch.autograd.grad(self.attn, self.pre, grad_outputs=v, retain_graph=True,
                                    is_grads_batched=True)
         return g
+
+    def _mlp_vjp(self, v: Tensor) -> Tensor:
+        """The MLP works position by position: one row per (downstream node, token) where the
+        cotangent is non-zero, through a forward of the MLP on just those rows (features are
+        active on few tokens, so this skips most of the [N, b·pos] backward)."""
+        n, b, pos, d = v.shape
+        flat = v.reshape(n, b * pos, d)
+        node, row = flat.ne(0).any(-1).nonzero(as_tuple=True)  # [M]
+        out = torch.zeros_like(flat)
+        if len(row) == 0:
+            return out.view_as(v)
+        x = self.mlp_in.detach().reshape(b * pos, d)[row][:, None].requires_grad_(True)
+        with torch.enable_grad(), self.tl.hooks(fwd_hooks=self.hooks):
+            y = self.block.apply_mlp(self.block.ln2(x))  # [M, 1, d]
+        (g,) = torch.autograd.grad(y, x, grad_outputs=flat[node, row][:, None])
+        out[node, row] = g[:, 0]
+        return out.view_as(v)
 
 
 def _upstream_dots(
@@ -517,12 +540,10 @@ def _upstream_dots(
     eb, ep, ej, cols, df = eb[keep], ep[keep], ej[keep], cols[keep], delta.df[keep]
     if len(cols) == 0:
         return out
+    # features: H = g · W_dec[j] for the distinct selected features that moved (one matmul),
+    # then Δf_j · H at each moved entry, summed into its column
     W = model.dictionaries[delta.site.name].W_dec.detach()
-    flat = g.flatten(1, 2)  # [N, b·pos, d]
-    rows = eb * pos + ep
-    step = max(1, CHUNK_FLOATS // (n * g.shape[-1]))
-    for s in range(0, len(cols), step):
-        sl = slice(s, s + step)
-        dots = torch.einsum("nkd,kd->nk", flat[:, rows[sl]], W[ej[sl]]) * df[sl]  # [N, k]
-        out.index_add_(1, cols[sl], dots)
+    feats, which = ej.unique(return_inverse=True)  # [J], [K]
+    h = g.flatten(1, 2) @ W[feats].T  # [N, b·pos, J]
+    out.index_add_(1, cols, h[:, eb * pos + ep, which] * df)
     return out

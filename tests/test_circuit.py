@@ -128,3 +128,12 @@ def test_edges_of_a_smaller_selection_are_refused(scores, tiny, data):
     edges = attribute_edges(tiny, data, "atp", select_nodes(scores, top_k=5), progress=False)
     with pytest.raises(ValueError, match="have no edges computed"):
         build(scores, top_k=20, edges=edges)
+
+
+def test_default_threshold_keeps_at_most_500_nodes_where_effects_are_spread(scores):
+    """Random scores (the total effect near 0, so 1% of it keeps nearly everything): capped."""
+    gen = torch.Generator().manual_seed(0)
+    spread = dataclasses.replace(scores, sites={
+        k: torch.randn(300, generator=gen) * 1e-3 for k in scores.sites})
+    assert sum(v.numel() for v in spread.sites.values()) > 1000
+    assert build(spread).n_nodes == 500
