@@ -103,11 +103,13 @@ def test_the_identity_fails_where_sites_are_not_linear(tiny: SplicedModel, data:
 
 # ---- one backward per downstream node, through the spliced model's own graph ------------------
 def reference_edges(
-    model: SplicedModel, data: Dataset, selection: dict[str, torch.Tensor], hooks=()
+    model: SplicedModel, data: Dataset, selection: dict[str, torch.Tensor], hooks=(),
+    site_grads: dict[str, torch.Tensor] | None = None,
 ) -> dict[tuple[str, str], torch.Tensor]:
     """w(u -> d) = Σ Δu · ∂(g_d · d)/∂u by autograd through the splice: the downstream node is
     the spliced site's feature (through its encoder) or error term, every site between u and d
-    held fixed (its nodes detached), one backward per downstream node."""
+    held fixed (its nodes detached), one backward per downstream node. g_d: the gradient of the
+    metric at the node, or from ``site_grads`` (site -> [b, pos, d] at the site) if given."""
     tl = model.model
     clean, patch = data.clean_tokens, data.patch_tokens
     nodes_patch: dict[str, SiteNodes] = {}
@@ -119,6 +121,9 @@ def reference_edges(
     grads = torch.autograd.grad(
         value, [t for n in nodes.values() for t in (n.features, n.error)])
     g = {name: grads[2 * i: 2 * i + 2] for i, name in enumerate(nodes)}  # (g_f, g_err)
+    if site_grads is not None:
+        g = {name: (x @ model.dictionaries[name].W_dec.detach().T, x)
+             for name, x in site_grads.items()}
     plan = structure(model)
     order = [s.name for s in plan.sites]
     out = {}
@@ -170,6 +175,42 @@ def test_batched_edges_equal_one_backward_per_node(which, method, tiny, sequenti
     assert sum(int(w.count_nonzero()) for w in edges.weights.values()) > 50
     for pair, w in expected.items():
         torch.testing.assert_close(edges.weights[pair], w, atol=1e-5, rtol=1e-3, msg=str(pair))
+
+
+def test_ig_edges_equal_the_reference_with_the_integrated_gradient(tiny, data):
+    """ig edges: SFC's definition, the downstream gradient ḡ averaged over D's own clean->patch
+    path, the Jacobian at the clean run."""
+    from circuits.methods.ig import site_gradient
+    from circuits.runs import Targets, entry, run
+
+    selection = some_nodes(tiny, data, "ig")
+    edges = attribute_edges(tiny, data, "ig", selection, steps=4, progress=False)
+    sites = structure(tiny).sites
+    entries = {s.name: entry(tiny, s) for s in sites}
+    names = [s.hook_name for s in sites] + [e.resid for e in entries.values()]
+    _, clean = run(tiny, data.clean_tokens, Targets.of(data), record=names)
+    _, patch = run(tiny, data.patch_tokens, Targets.of(data), record=names)
+    grads = {s.name: site_gradient(tiny, data, entries[s.name], clean[entries[s.name].resid],
+                                   clean[s.hook_name], patch[s.hook_name], 4) for s in sites}
+    expected = reference_edges(tiny, data, selection, site_grads=grads)
+    plain = attribute_edges(tiny, data, "atp", selection, progress=False)
+    for pair, w in expected.items():
+        torch.testing.assert_close(edges.weights[pair], w, atol=1e-5, rtol=1e-3, msg=str(pair))
+    assert any(not torch.allclose(edges.weights[p], plain.weights[p]) for p in expected)
+
+
+def test_edges_into_a_bare_resid_site_sum_to_its_node_score(tiny, data):
+    """resid_L = resid_{L-1} + attn_L + mlp_L exactly, so on a bare model (components as nodes)
+    the incoming edges of resid_L sum to its atp score on any model, linear or not."""
+    bare = SplicedModel(tiny.model, {}, name="tiny-bare", family="neox", prepend_bos=False)
+    scores = attribute(bare, data, "atp", progress=False)
+    selection = {s: torch.ones(1, dtype=torch.bool) for s in scores.sites}
+    edges = attribute_edges(bare, data, "atp", selection, progress=False)
+    for layer in range(tiny.cfg.n_layers):
+        down = f"resid_{layer}"
+        total = sum(w[:, 0] for (_, d), w in edges.weights.items() if d == down)
+        torch.testing.assert_close(total, scores.sites[down], atol=1e-6, rtol=1e-5)
+    assert edges.weights[("embed", "attn_0")].abs().item() > 0
 
 
 def test_relp_with_no_rules_is_atp(tiny: SplicedModel, data: Dataset):
