@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -34,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from circuits import attribute  # noqa: E402
+from circuits.methods import METHODS, Method, atp_star, column  # noqa: E402
 from saes import SplicedModel, load  # noqa: E402
 from tasks import ioi, sva  # noqa: E402
 from tasks.pairs import Dataset  # noqa: E402
@@ -60,9 +62,18 @@ VARIANTS: dict[str, Variant] = {
         Variant("relp+AH", "relp", ("ln", "identity", "half", "ah")),
         Variant("atp+AH", "relp", ("ah",)),
         Variant("atp*", "atp*", magnitude=True),
+        Variant("atp+QK", "atp+QK"),
         Variant("relp*", "relp*"),
+        Variant("column", "column"),
+        *(Variant(f"column-{k}", f"column-{k}") for k in (1, 2, 4, 8)),
     )
 }
+# AtP*'s QK fix without GradDrop (signed): a benchmark-only entry of the method registry
+EXTRA = {"atp+QK": Method("atp+QK", partial(atp_star.score_batch, grad_drop=False),
+                          "2 forward + 1 backward + QK fix")}
+EXTRA |= {f"column-{k}": Method(f"column-{k}", partial(column.column_patching, depth=k),
+                                f"column patching, columns {k} blocks deep")
+          for k in (1, 2, 4, 8)}
 
 
 def task_data(model: SplicedModel, task: str, n: int, seed: int) -> Dataset:
@@ -111,7 +122,14 @@ def measure(model: SplicedModel, task: str, args) -> tuple[dict, dict, dict]:
     """(r per variant and kind, CPU seconds per variant, notes) for one task."""
     n = args.ioi_n if task == "ioi" else args.sva_n
     data = task_data(model, task, n, args.seed)
-    exact, t_exact = timed(lambda: scores(model, data, Variant("exact", "exact"), args))
+    cached = None if args.exact_cache is None else args.exact_cache / f"{task}-{n}-{args.seed}.pt"
+    if cached is not None and cached.exists():
+        exact, t_exact = torch.load(cached)
+    else:
+        exact, t_exact = timed(lambda: scores(model, data, Variant("exact", "exact"), args))
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            torch.save((exact, t_exact), cached)
     exact_k = by_kind(model, exact)
     r: dict[str, dict[str, float]] = {}
     r_pooled: dict[str, dict[str, float]] = {}
@@ -168,6 +186,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--per-example", action="store_true",
                         help="also print r pooled over prompts × layers × positions")
+    parser.add_argument("--exact-cache", type=Path, default=None,
+                        help="folder to keep exact scores in between runs (development)")
     parser.add_argument("--out", type=Path, default=None, help="also write the tables here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -179,6 +199,7 @@ def main() -> None:
         sys.exit(f"unknown task(s)/method(s) {bad}; tasks: {TASKS}, methods: {list(VARIANTS)}")
     args.methods = ["atp"] + [m for m in labels if m != "atp"]
 
+    METHODS.update(EXTRA)
     model = load("gemma-3-270m", dictionaries=False, device="cpu")
     warm = task_data(model, "simple", 2, args.seed)
     attribute(model, warm, "atp", progress=False)  # warm-up

@@ -9,7 +9,7 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from circuits import attribute
-from circuits.methods import atp_star, relp_star
+from circuits.methods import atp_star, column, relp_star
 from circuits.methods.base import Options
 from circuits.nodes import site_delta
 from circuits.runs import Targets, resid_pre, run, valid_positions
@@ -206,3 +206,54 @@ def test_atp_star_runs_the_qk_fix_on_gemma_attention(gemma, data):
     plain = scores(gemma, data, "atp")
     assert (fixed["embed"] - plain["embed"]).abs().max() > 1e-4
     torch.testing.assert_close(fixed["resid_1"], plain["resid_1"], atol=1e-6, rtol=1e-5)
+
+
+# ---- column patching -----------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["gemma", "neox-parallel", "neox-sequential-features"])
+def test_column_is_exact_at_the_metric_position(kind, gemma, neox_tokenizer):
+    """A node at the metric's position reaches the metric only through its own column, which
+    column patching computes exactly: equal to exact patching there, for every site."""
+    from tests.conftest import tiny_neox, tiny_spliced
+
+    if kind == "gemma":
+        model = gemma
+    elif kind == "neox-parallel":
+        model = SplicedModel(tiny_neox(neox_tokenizer, seed=4), {}, name="p", family="neox",
+                             prepend_bos=False)
+    else:
+        model = tiny_spliced(neox_tokenizer, parallel=False, seed=2)
+    data = model.tokenize(sva.generate("within_rc", 3, seed=1, tokenizer=model.tokenizer))
+    col, exact = scores(model, data, "column"), scores(model, data, "exact")
+    last = data.seq_len - 1
+    for name in exact:
+        assert exact[name][:, last].abs().max() > 1e-3, name
+        torch.testing.assert_close(col[name][:, last], exact[name][:, last], atol=2e-5,
+                                   rtol=1e-4)
+
+
+def test_column_is_exact_for_one_attention_layer(neox_tokenizer):
+    """One layer whose MLP writes 0, no norm after the attention: every node's effect is its
+    column plus one attention hop followed by linear maps, so column patching equals exact."""
+    model = gemma_like(neox_tokenizer, layers=1, post_norms=False, seed=3)
+    model.model.ln_final = torch.nn.Identity()
+    with torch.no_grad():
+        model.model.blocks[0].mlp.W_out.zero_()
+        model.model.blocks[0].mlp.b_out.zero_()
+    data = model.tokenize(sva.generate("across_rc", 4, seed=5, tokenizer=model.tokenizer))
+    col, exact = scores(model, data, "column"), scores(model, data, "exact")
+    relp = scores(model, data, "relp*")
+    assert exact["embed"][:, :-1].abs().max() > 1e-3  # hops, not only the metric's position
+    for name in exact:
+        torch.testing.assert_close(col[name], exact[name], atol=2e-5, rtol=1e-4)
+    assert not torch.allclose(relp["embed"], exact["embed"], atol=1e-3)
+
+
+def test_column_of_depth_zero_is_relp_with_the_ah_rule(gemma, data):
+    """Columns followed for 0 blocks: the change scored by the RelP + AH gradient at the block
+    it enters, i.e. RelP + AH, at every site entering the residual stream between blocks (not
+    the last block's, nor attn_L of a sequential block: its column runs block L's MLP first)."""
+    col = dict(column.column_patching(gemma, data, Options(), depth=0))
+    ah = scores(gemma, data, "relp", rules=("ln", "identity", "half", "ah"))
+    for name in ("embed", "mlp_0", "resid_0"):
+        assert ah[name].abs().max() > 1e-4, name
+        torch.testing.assert_close(col[name], ah[name], atol=1e-6, rtol=1e-5)

@@ -5,7 +5,7 @@ Each method lives in one file of this package and exposes ``score_batch`` (see b
 
 from __future__ import annotations
 
-from circuits.methods import atp, atp_star, exact, ig, relp, relp_star
+from circuits.methods import atp, atp_star, column, exact, ig, relp, relp_star
 from circuits.methods.base import Method, Options, ScoreFn
 
 METHODS: dict[str, Method] = {
@@ -21,6 +21,9 @@ METHODS: dict[str, Method] = {
         Method("relp*", relp_star.score_batch,
                "2 forward + 1 backward (LRP rules, AH) + a QK-fix softmax per moved node and "
                "layer"),
+        Method("column", column.score_batch,
+               "2 forward + 1 backward + one single-position forward per moved node from its "
+               "block up"),
     )
 }
 

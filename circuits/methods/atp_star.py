@@ -230,8 +230,8 @@ def _rotate(model: SplicedModel, layer: int, x: Tensor, pos: Tensor) -> Tensor:
     return torch.cat([x_rot * cos + attn.rotate_every_two(x_rot) * sin, x_pass], dim=-1)
 
 
-def _capped(model: SplicedModel, layer: int, raw: Tensor) -> Tensor:
-    """Scaled and soft-capped dot products (before masks and position biases)."""
+def scaled_scores(model: SplicedModel, layer: int, raw: Tensor) -> Tensor:
+    """Scaled and soft-capped query·key dot products (before masks and position biases)."""
     attn = model.model.blocks[layer].attn
     return apply_softcap(raw / attn.attn_scale, model.model.cfg.attn_scores_soft_cap)
 
@@ -254,7 +254,7 @@ def score_input_grad(
         r = r.detach().requires_grad_(True)
         pos = torch.arange(r.shape[1], device=r.device).expand(r.shape[:2])
         q, k = queries_keys(model, layer, r, pos)
-        scores = _capped(model, layer, torch.einsum("bqhe,bkhe->bhqk", q, k))
+        scores = scaled_scores(model, layer, torch.einsum("bqhe,bkhe->bhqk", q, k))
         (grad,) = torch.autograd.grad((scores * score_grad).sum(), r)
     return grad
 
@@ -287,14 +287,14 @@ def qk_terms(
         vec = node_vectors(model, delta, b, p, row[sl])  # [c, d]
         q_new, k_new = queries_keys(model, layer, r[b, p] + vec, p)  # [c, h, dh]
         k_b, q_b = k[b], q[b]  # [c, seq, h, dh]
-        # query: row p of the scores of example b
-        ds = (_capped(model, layer, torch.einsum("che,cjhe->chj", q_new, k_b))
-              - _capped(model, layer, torch.einsum("che,cjhe->chj", q[b, p], k_b)))  # [c, h, seq]
+        # query: row p of the scores of example b, [c, h, seq]
+        ds = (scaled_scores(model, layer, torch.einsum("che,cjhe->chj", q_new, k_b))
+              - scaled_scores(model, layer, torch.einsum("che,cjhe->chj", q[b, p], k_b)))
         dA_q = torch.softmax(scores[b, :, p] + ds, dim=-1) - pattern[b, :, p]  # [c, h, seq]
         dA_q = torch.nan_to_num(dA_q)
         # key: column p of every row of example b (masked entries stay -inf)
-        ds_col = (_capped(model, layer, torch.einsum("cthe,che->cht", q_b, k_new))
-                  - _capped(model, layer, torch.einsum("cthe,che->cht", q_b, k[b, p])))
+        ds_col = (scaled_scores(model, layer, torch.einsum("cthe,che->cht", q_b, k_new))
+                  - scaled_scores(model, layer, torch.einsum("cthe,che->cht", q_b, k[b, p])))
         s_new = scores[b].clone()  # [c, h, seq, seq]
         s_new[c, :, :, p] += ds_col
         dA_k = torch.nan_to_num(torch.softmax(s_new, dim=-1) - pattern[b])  # [c, h, seq, seq]
