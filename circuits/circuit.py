@@ -101,7 +101,7 @@ class Circuit:
         """Write the circuit as JSON (floats written exactly: the round trip is lossless)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), indent=1, allow_nan=False))
+        path.write_text(json.dumps(self.to_json(), indent=1))  # inf thresholds as Infinity
         return path
 
     @classmethod
