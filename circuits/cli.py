@@ -216,7 +216,7 @@ def discover(args: argparse.Namespace) -> None:
         circuit = build(
             scores, node_threshold=args.node_threshold, top_k=args.top_k,
             edge_threshold=args.edge_threshold,
-            edges=None if args.no_edges else _edges(model, train, scores, edge_method, args),
+            edges=False if args.no_edges else _edges(model, train, scores, edge_method, args),
             model=model, data=train,
         )
         edge_seconds = time.perf_counter() - started
@@ -245,8 +245,10 @@ def discover(args: argparse.Namespace) -> None:
         )
         print(f"\n{len(train)} {args.task} pairs, method {args.method}"
               f" (nodes {node_seconds:.1f}s, circuit {edge_seconds:.1f}s)")
+        kept = (f"top {args.top_k}" if args.top_k is not None
+                else f"|score| >= {summary['node_threshold']:.4g}")
         print(f"circuit: {circuit.n_nodes} nodes ({summary['n_error_nodes']} error), "
-              f"{circuit.n_edges} edges, node threshold {summary['node_threshold']:.4g}")
+              f"{circuit.n_edges} edges, {kept}")
         print(f"on {len(test)} held-out pairs: faithfulness {faith.value:.3f}, completeness "
               f"{complete.value:.3f} (m(M) {faith.m_full:.3f}, m(C) {faith.m_circuit:.3f}, "
               f"m(empty) {faith.m_empty:.3f})")

@@ -141,3 +141,12 @@ def test_a_failed_run_keeps_the_previous_one(discovered, capsys):
     assert code == 2 and "asked for n=999999" in capsys.readouterr().err
     assert {p.name: p.stat().st_mtime_ns for p in discovered.iterdir()} == before
     assert not [p for p in discovered.parent.iterdir() if ".partial-" in p.name]
+
+
+def test_discover_top_k_without_edges(tmp_path):
+    out = tmp_path / "top"
+    assert main(["discover", "--task", "simple", "--top-k", "7", "--no-edges", "--out", str(out),
+                 *SMALL]) == 0
+    circuit = Circuit.load(out / "circuit.json")
+    summary = json.loads((out / "summary.json").read_text())
+    assert circuit.n_nodes == summary["n_nodes"] == 7 and circuit.n_edges == 0
