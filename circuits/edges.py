@@ -540,10 +540,16 @@ def _upstream_dots(
     eb, ep, ej, cols, df = eb[keep], ep[keep], ej[keep], cols[keep], delta.df[keep]
     if len(cols) == 0:
         return out
-    # features: H = g · W_dec[j] for the distinct selected features that moved (one matmul),
-    # then Δf_j · H at each moved entry, summed into its column
+    # features: per token row, the moved selected features there (padded to the fullest row):
+    # one batched matmul g[:, r] · W_dec[j] over rows, then Δf_j · that into column j
     W = model.dictionaries[delta.site.name].W_dec.detach()
-    feats, which = ej.unique(return_inverse=True)  # [J], [K]
-    h = g.flatten(1, 2) @ W[feats].T  # [N, b·pos, J]
-    out.index_add_(1, cols, h[:, eb * pos + ep, which] * df)
+    rows, which = (eb * pos + ep).unique(return_inverse=True)  # [U], [K]
+    order = which.argsort(stable=True)
+    which, ej, cols, df = which[order], ej[order], cols[order], df[order]
+    counts = torch.bincount(which, minlength=len(rows))  # [U]
+    slot = torch.arange(len(which), device=g.device) - (counts.cumsum(0) - counts)[which]  # [K]
+    w_rows = W.new_zeros(len(rows), int(counts.max()), W.shape[1])  # [U, k_max, d]
+    w_rows[which, slot] = W[ej]
+    h = torch.bmm(g.flatten(1, 2)[:, rows].transpose(0, 1), w_rows.transpose(1, 2))  # [U, N, k]
+    out.index_add_(1, cols, (h[which, :, slot] * df[:, None]).T)
     return out
