@@ -210,13 +210,17 @@ def queries_keys(model: SplicedModel, layer: int, r: Tensor, pos: Tensor) -> tup
     attn = block.attn
     x = block.ln1(r)
     q = torch.einsum("...d,hde->...he", x, attn.W_Q) + attn.b_Q  # [..., h, dh]
-    k = torch.einsum("...d,hde->...he", x, attn.W_K) + attn.b_K  # W_K: GQA heads repeated
+    grouped = hasattr(attn, "repeat_kv_heads") and not cfg.ungroup_grouped_query_attention
+    W_K, b_K = (attn._W_K, attn._b_K) if grouped else (attn.W_K, attn.b_K)
+    k = torch.einsum("...d,hde->...he", x, W_K) + b_K  # [..., h_kv, dh]
     if cfg.use_qk_norm:
         q, k = attn.q_norm(q), attn.k_norm(k)  # RMSNorm over d_head, per head
     if cfg.clip_qkv is not None:
         q, k = q.clamp(-cfg.clip_qkv, cfg.clip_qkv), k.clamp(-cfg.clip_qkv, cfg.clip_qkv)
     if cfg.positional_embedding_type == "rotary":
         q, k = _rotate(model, layer, q, pos), _rotate(model, layer, k, pos)
+    if grouped:
+        k = k.repeat_interleave(attn.repeat_kv_heads, dim=-2)
     return q, k
 
 
@@ -278,29 +282,49 @@ def qk_terms(
     if all(g is None for g in pattern_grads):
         return out
     bn, pn, node, row = moved_nodes(delta, None)
-    heads = pattern.shape[1]
-    chunk = max(1, SOFTMAX_BUDGET // (heads * seq * seq))
+    chunk = max(1, SOFTMAX_BUDGET // (pattern.shape[1] * seq * seq))
     for start in range(0, len(bn), chunk):
         sl = slice(start, start + chunk)
         b, p = bn[sl], pn[sl]
-        c = torch.arange(len(b), device=b.device)
         vec = node_vectors(model, delta, b, p, row[sl])  # [c, d]
-        q_new, k_new = queries_keys(model, layer, r[b, p] + vec, p)  # [c, h, dh]
-        k_b, q_b = k[b], q[b]  # [c, seq, h, dh]
-        # query: row p of the scores of example b, [c, h, seq]
-        ds = (scaled_scores(model, layer, torch.einsum("che,cjhe->chj", q_new, k_b))
-              - scaled_scores(model, layer, torch.einsum("che,cjhe->chj", q[b, p], k_b)))
-        dA_q = torch.softmax(scores[b, :, p] + ds, dim=-1) - pattern[b, :, p]  # [c, h, seq]
-        dA_q = torch.nan_to_num(dA_q)
-        # key: column p of every row of example b (masked entries stay -inf)
-        ds_col = (scaled_scores(model, layer, torch.einsum("cthe,che->cht", q_b, k_new))
-                  - scaled_scores(model, layer, torch.einsum("cthe,che->cht", q_b, k[b, p])))
-        s_new = scores[b].clone()  # [c, h, seq, seq]
-        s_new[c, :, :, p] += ds_col
-        dA_k = torch.nan_to_num(torch.softmax(s_new, dim=-1) - pattern[b])  # [c, h, seq, seq]
-        for est, grad in zip(out, pattern_grads, strict=True):
-            if grad is None:
-                continue
-            term = (dA_q * grad[b, :, p]).sum((-1, -2)) + (dA_k * grad[b]).sum((-1, -2, -3))
+        terms = node_qk_terms(model, layer, b, p, vec, r, q, k, scores, pattern, pattern_grads)
+        for est, term in zip(out, terms, strict=True):
             est[b, p, node[sl]] += term
+    return out
+
+
+@torch.no_grad()
+def node_qk_terms(
+    model: SplicedModel,
+    layer: int,
+    b: Tensor,  # [c] example of each node
+    p: Tensor,  # [c] its position
+    vec: Tensor,  # [c, d] the change it makes to the layer's input at (b, p)
+    r: Tensor,  # [b, seq, d] clean input of the layer
+    q: Tensor,  # [b, seq, h, dh] clean queries (clean_qk)
+    k: Tensor,  # [b, seq, h, dh] clean keys
+    scores: Tensor,  # [b, h, seq, seq] recorded hook_attn_scores
+    pattern: Tensor,  # [b, h, seq, seq] recorded hook_pattern
+    pattern_grads: Sequence[Tensor | None],  # per variant: ∂L/∂A [b, h, seq, seq]
+) -> list[Tensor]:
+    """Per variant: query + key term of each of c nodes for one attention layer, [c]."""
+    c = torch.arange(len(b), device=b.device)
+    q_new, k_new = queries_keys(model, layer, r[b, p] + vec, p)  # [c, h, dh]
+    k_b, q_b = k[b], q[b]  # [c, seq, h, dh]
+    # query: row p of the scores of example b, [c, h, seq]
+    ds = (scaled_scores(model, layer, torch.einsum("che,cjhe->chj", q_new, k_b))
+          - scaled_scores(model, layer, torch.einsum("che,cjhe->chj", q_b[c, p], k_b)))
+    dA_q = torch.nan_to_num(torch.softmax(scores[b, :, p] + ds, dim=-1) - pattern[b, :, p])
+    # key: column p of every row of example b (masked entries stay -inf)
+    ds_col = (scaled_scores(model, layer, torch.einsum("cthe,che->cht", q_b, k_new))
+              - scaled_scores(model, layer, torch.einsum("cthe,che->cht", q_b, k_b[c, p])))
+    s_new = scores[b].clone()  # [c, h, seq, seq]
+    s_new[c, :, :, p] += ds_col
+    dA_k = torch.nan_to_num(torch.softmax(s_new, dim=-1) - pattern[b])  # [c, h, seq, seq]
+    out = []
+    for grad in pattern_grads:
+        if grad is None:
+            out.append(vec.new_zeros(len(b)))
+            continue
+        out.append((dA_q * grad[b, :, p]).sum((-1, -2)) + (dA_k * grad[b]).sum((-1, -2, -3)))
     return out

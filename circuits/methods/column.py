@@ -45,7 +45,7 @@ from circuits.runs import Targets, entry, metric, run, valid_positions
 from saes.splice import SplicedModel
 from tasks.pairs import Dataset
 
-NODE_BUDGET = 1 << 24  # floats per chunk of per-node [heads, pos, pos] scores
+NODE_CHUNK = 1 << 14  # nodes whose columns are followed at once
 
 
 def score_batch(model: SplicedModel, batch: Dataset, options: Options) -> SiteScores:
@@ -91,50 +91,67 @@ def column_patching(
     seq = batch.clean_tokens.shape[1]
     valid = valid_positions(batch, seq)
     last = batch.lengths.to(valid.device) - 1  # [b] the metric's position
-    for site in sites:
-        delta = site_delta(model, site, acts[site.hook_name], patch[site.hook_name], valid)
-        out = delta.rest.new_zeros(len(valid), seq, delta.n_nodes)
-        bn, pn, node, row = moved_nodes(
-            delta, None if options.candidates is None else options.candidates[site.name])
-        enter = entries[site.name]
-        chunk = max(1, NODE_BUDGET // (cfg.n_heads * seq * seq))
-        for start in range(0, len(bn), chunk):
-            sl = slice(start, start + chunk)
-            b, p = bn[sl], pn[sl]
-            vec = node_vectors(model, delta, b, p, row[sl])  # [c, d]
+    deltas = [site_delta(model, s, acts[s.hook_name], patch[s.hook_name], valid) for s in sites]
+    outs = [d.rest.new_zeros(len(valid), seq, d.n_nodes) for d in deltas]
+    # every moved node of every site, in chunks; site_id says whose it is
+    moved = [moved_nodes(d, None if options.candidates is None else options.candidates[s.name])
+             for s, d in zip(sites, deltas, strict=True)]
+    site_id = torch.cat([torch.full_like(m[0], i) for i, m in enumerate(moved)])  # [N]
+    bn, pn, node, row = (torch.cat([m[j] for m in moved]) for j in range(4))
+    for start in range(0, len(bn), NODE_CHUNK):
+        sl = slice(start, start + NODE_CHUNK)
+        ids, b, p = site_id[sl], bn[sl], pn[sl]
+        x = deltas[0].rest.new_empty(len(b), cfg.d_model)  # [c, d] each column's residual
+        first = torch.empty_like(b)  # [c] the first block each column runs
+        for i in ids.unique().tolist():
+            mine = ids == i
+            vec = node_vectors(model, deltas[i], b[mine], p[mine], row[sl][mine])  # [m, d]
+            enter = entries[sites[i].name]
             if enter.hook is None:  # the change enters the residual stream before block start
-                x, first = acts[enter.resid][b, p] + vec, enter.start
-                total = torch.zeros_like(vec[:, 0])
+                x[mine] = acts[enter.resid][b[mine], p[mine]] + vec
+                first[mine] = enter.start
             else:  # attn_L of a sequential block: enters resid_mid of block L
-                mid = acts[f"blocks.{enter.start}.hook_resid_mid"][b, p] + vec
-                x, first = _mlp_part(model, enter.start, mid), enter.start + 1
-                total = torch.zeros_like(vec[:, 0])
-            top = n_layers if depth is None else min(n_layers, first + depth)
-            for a in range(first, top):
-                x, hop = _column_block(model, a, x, b, p, clean[a])
-                total += hop
-            if top < n_layers:  # the rest linearly: Δ(column) · R at block top's input
-                r_top = acts[names[top]["resid"]]
-                total += ((x - r_top[b, p]) * grad_in[top][b, p]).sum(-1)
-                out[b, p, node[sl]] = total
+                mid = acts[f"blocks.{enter.start}.hook_resid_mid"][b[mine], p[mine]] + vec
+                x[mine] = _mlp_part(model, enter.start, mid)
+                first[mine] = enter.start + 1
+        # [c] the block each column stops before (then scored linearly, or at the metric)
+        top = torch.full_like(first, n_layers) if depth is None else (first + depth).clamp(
+            max=n_layers)
+        total = x.new_zeros(len(b))  # [c]
+        for a in range(n_layers):
+            now = ((first <= a) & (a < top)).nonzero()[:, 0]
+            if len(now):
+                x[now], hop = _column_block(model, a, x[now], b[now], p[now], clean[a])
+                total[now] += hop
+        for t in top.unique().tolist():
+            done = (top == t).nonzero()[:, 0]
+            bd, pd = b[done], p[done]
+            if t < n_layers:  # the rest linearly: Δ(column) · R at block t's input
+                r_t = acts[names[t]["resid"]]
+                total[done] += ((x[done] - r_t[bd, pd]) * grad_in[t][bd, pd]).sum(-1)
                 continue
-            at_metric = p == last[b]
-            if at_metric.any():
-                ends = Targets(torch.ones_like(b[at_metric]), targets.clean[b[at_metric]],
-                               targets.patch[b[at_metric]])
+            at_metric = done[pd == last[bd]]  # the column reaches the metric itself
+            if len(at_metric):
+                be = b[at_metric]
+                ends = Targets(torch.ones_like(be), targets.clean[be], targets.patch[be])
                 with torch.no_grad():
                     final = metric(model, x[at_metric][:, None], ends)
-                total[at_metric] += final - base[b[at_metric]]
-            out[b, p, node[sl]] = total
-        yield site.name, out
+                total[at_metric] += final - base[be]
+        for i in ids.unique().tolist():
+            mine = ids == i
+            outs[i][b[mine], p[mine], node[sl][mine]] = total[mine]
+    yield from ((s.name, o) for s, o in zip(sites, outs, strict=True))
 
 
 class _Clean:
     """A block's clean attention state on the batch: rotated queries and keys, values (GQA
-    heads repeated) [b, seq, h, dh], scores [b, h, seq, seq], z and R at hook_z [b, seq, h, dh]."""
+    heads repeated) [b, seq, h, dh], scores [b, h, seq, seq]; with R = RelP's coefficient at
+    hook_z [b, seq, h, dh]: VR[b, h, t, j] = V[j]·R[t], zR[b, h, t] = z[t]·R[t] and R."""
 
     def __init__(self, q, k, v, scores, z, grad_z):
-        self.q, self.k, self.v, self.scores, self.z, self.grad_z = q, k, v, scores, z, grad_z
+        self.q, self.k, self.v, self.scores, self.grad_z = q, k, v, scores, grad_z
+        self.VR = torch.einsum("bjhe,bthe->bhtj", v, grad_z)
+        self.zR = torch.einsum("bthe,bthe->bht", z, grad_z)
 
     @classmethod
     def of(cls, model: SplicedModel, layer: int, acts: dict[str, Tensor], names: dict[str, str],
@@ -154,26 +171,37 @@ def _column_block(
     the block [c, d], the hop term of the other rows [c])."""
     block = model.model.blocks[a]
     attn = block.attn
-    c = torch.arange(len(b), device=b.device)
     q_new, k_new = queries_keys(model, a, x, p)  # [c, h, dh]
-    v_new = torch.einsum("cd,hde->che", block.ln1(x), attn.W_V) + attn.b_V  # [c, h, dh]
-    q_b, k_b, v_b = clean.q[b], clean.k[b], clean.v[b]  # [c, seq, h, dh]
-    K, V = k_b.clone(), v_b.clone()
-    K[c, p], V[c, p] = k_new, v_new
-    # the column's own row: its new query against the keys with position p replaced
-    s_row = clean.scores[b, :, p] + (
-        scaled_scores(model, a, torch.einsum("che,cjhe->chj", q_new, K))
-        - scaled_scores(model, a, torch.einsum("che,cjhe->chj", q_b[c, p], k_b)))  # [c, h, seq]
-    z_row = torch.einsum("chj,cjhe->che", torch.softmax(s_row, -1), V)  # [c, h, dh]
-    # every other row: position p's new key (column p of the scores) and value
-    s_all = clean.scores[b].clone()  # [c, h, seq, seq]
-    s_all[c, :, :, p] += (scaled_scores(model, a, torch.einsum("cthe,che->cht", q_b, k_new))
-                          - scaled_scores(model, a, torch.einsum("cthe,che->cht", q_b, k_b[c, p])))
-    z_all = torch.einsum("chtj,cjhe->cthe", torch.softmax(s_all, -1), V)  # [c, seq, h, dh]
-    seq = z_all.shape[1]
-    later = torch.arange(seq, device=b.device)[None, :] > p[:, None]  # [c, seq] rows t > p
-    dz = torch.nan_to_num(z_all - clean.z[b]) * later[..., None, None]
-    hop = (dz * clean.grad_z[b]).sum((1, 2, 3))  # [c]
+    v_new = _values(model, a, x)  # [c, h, dh]
+    z_row = torch.empty_like(q_new)  # [c, h, dh] the column's own attention
+    hop = x.new_empty(len(b))  # [c]
+    seq = clean.q.shape[1]
+    for e in b.unique().tolist():  # nodes of one example share its clean keys and values
+        m = (b == e).nonzero()[:, 0]
+        pm, cm = p[m], torch.arange(len(m), device=b.device)
+        q_e, k_e, v_e, s_e, R_e = (clean.q[e], clean.k[e], clean.v[e], clean.scores[e],
+                                   clean.grad_z[e])  # [seq, h, dh] / [h, seq, seq]
+        dv = v_new[m] - v_e[pm]  # [m, h, dh]
+        # own row: new query against the clean keys, key p replaced by the new one
+        raw_new = torch.einsum("che,jhe->chj", q_new[m], k_e)  # [m, h, seq]
+        raw_new[cm, :, pm] = torch.einsum("che,che->ch", q_new[m], k_new[m])
+        raw_old = torch.einsum("che,jhe->chj", q_e[pm], k_e)
+        s_row = s_e[:, pm].transpose(0, 1) + (scaled_scores(model, a, raw_new)
+                                              - scaled_scores(model, a, raw_old))
+        A_row = torch.softmax(s_row, -1)  # [m, h, seq]
+        z_row[m] = (torch.einsum("chj,jhe->che", A_row, v_e)
+                    + A_row[cm, :, pm][..., None] * dv)
+        # other rows t > p: column p of the scores from the new key, value p the new value
+        col_new = torch.einsum("the,che->cht", q_e, k_new[m])  # [m, h, seq(t)]
+        col_old = torch.einsum("the,che->cht", q_e, k_e[pm])
+        s_all = s_e.expand(len(m), -1, -1, -1).clone()  # [m, h, seq, seq]
+        s_all[cm, :, :, pm] += scaled_scores(model, a, col_new) - scaled_scores(model, a, col_old)
+        A_all = torch.softmax(s_all, -1)
+        # Σ_j A'[t, j] V'[j]·R[t] - z[t]·R[t], per head and row
+        per_row = ((A_all * clean.VR[e]).sum(-1) - clean.zR[e]
+                   + A_all[cm, :, :, pm] * torch.einsum("che,the->cht", dv, R_e))  # [m, h, t]
+        later = torch.arange(seq, device=b.device)[None, :] > pm[:, None]  # [m, t]
+        hop[m] = torch.nan_to_num(per_row * later[:, None, :]).sum((1, 2))
     attn_out = torch.einsum("che,hed->cd", z_row, attn.W_O) + attn.b_O
     if model.cfg.use_normalization_before_and_after:
         attn_out = block.ln1_post(attn_out)
@@ -182,6 +210,18 @@ def _column_block(
     if model.cfg.parallel_attn_mlp:
         return x + attn_out + _mlp_out(model, a, x), hop
     return _mlp_part(model, a, x + attn_out), hop
+
+
+def _values(model: SplicedModel, a: int, x: Tensor) -> Tensor:
+    """Values [c, h, dh] (GQA heads repeated) of block a from residual inputs x [c, d]."""
+    block = model.model.blocks[a]
+    attn = block.attn
+    grouped = hasattr(attn, "repeat_kv_heads") and not model.cfg.ungroup_grouped_query_attention
+    W_V, b_V = (attn._W_V, attn._b_V) if grouped else (attn.W_V, attn.b_V)
+    v = torch.einsum("cd,hde->che", block.ln1(x), W_V) + b_V
+    if model.cfg.clip_qkv is not None:
+        v = v.clamp(-model.cfg.clip_qkv, model.cfg.clip_qkv)
+    return v.repeat_interleave(attn.repeat_kv_heads, dim=-2) if grouped else v
 
 
 def _mlp_out(model: SplicedModel, a: int, x: Tensor) -> Tensor:

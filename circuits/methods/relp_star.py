@@ -27,9 +27,16 @@ import torch
 from torch import Tensor
 
 from circuits.lrp_rules import rule_hooks, rules_for
-from circuits.methods.atp_star import attn_names, clean_qk, first_reader, qk_supported, qk_terms
+from circuits.methods.atp_star import (
+    SOFTMAX_BUDGET,
+    attn_names,
+    clean_qk,
+    first_reader,
+    node_qk_terms,
+    qk_supported,
+)
 from circuits.methods.base import Options, SiteScores
-from circuits.nodes import linear_scores, node_sites, site_delta
+from circuits.nodes import linear_scores, moved_nodes, node_sites, node_vectors, site_delta
 from circuits.runs import Targets, run, valid_positions
 from saes.splice import SplicedModel
 from tasks.pairs import Dataset
@@ -71,16 +78,31 @@ def relp_star(
 
     _, patch = run(model, batch.patch_tokens, targets, record=site_names)
     valid = valid_positions(batch, batch.clean_tokens.shape[1])
-    for site in sites:
-        name = site.hook_name
-        delta = site_delta(model, site, acts[name], patch[name], valid)
-        scores = linear_scores(model, delta, grad[name])  # [b, pos, n_nodes]
-        for a in (a for a in qk_layers if a >= first_reader(site)):
-            n = names[a]
-            (term,) = qk_terms(model, delta, a, acts[n["resid"]], *qk[a], acts[n["scores"]],
-                               leaves[n["pattern"]].detach(), [grad[n["pattern"]]])
-            scores += term
-        yield site.name, scores
+    deltas = [site_delta(model, s, acts[s.hook_name], patch[s.hook_name], valid) for s in sites]
+    out = [linear_scores(model, d, grad[s.hook_name]) for s, d in zip(sites, deltas, strict=True)]
+    # the QK terms, all sites' moved nodes at once per reading layer
+    moved = [moved_nodes(d, None) for d in deltas]  # per site: (b, p, node, row) [N_s] each
+    seq = batch.clean_tokens.shape[1]
+    chunk = max(1, SOFTMAX_BUDGET // (model.cfg.n_heads * seq * seq))
+    for a in qk_layers:
+        n = names[a]
+        readers = [i for i, s in enumerate(sites) if first_reader(s) <= a]
+        site_id = torch.cat([torch.full_like(moved[i][0], i) for i in readers])  # [N]
+        bn, pn, node, row = (torch.cat([moved[i][j] for i in readers]) for j in range(4))
+        for start in range(0, len(bn), chunk):
+            sl = slice(start, start + chunk)
+            ids, b, p = site_id[sl], bn[sl], pn[sl]
+            vec = deltas[0].rest.new_empty(len(b), model.cfg.d_model)  # [c, d]
+            for i in ids.unique().tolist():
+                mine = ids == i
+                vec[mine] = node_vectors(model, deltas[i], b[mine], p[mine], row[sl][mine])
+            (term,) = node_qk_terms(model, a, b, p, vec, acts[n["resid"]], *qk[a],
+                                    acts[n["scores"]], leaves[n["pattern"]].detach(),
+                                    [grad[n["pattern"]]])  # [c]
+            for i in ids.unique().tolist():
+                mine = ids == i
+                out[i][b[mine], p[mine], node[sl][mine]] += term[mine]
+    yield from ((s.name, o) for s, o in zip(sites, out, strict=True))
 
 
 def _leaf_hook(store: dict[str, Tensor]):
