@@ -6,8 +6,9 @@ where R is the LRP propagation coefficient: the gradient of the metric computed 
 hooks of circuits/lrp_rules.py active during the clean forward pass. The rules keep every
 forward value bit-identical and change only the backward (LN: norm scale constant; Identity:
 act(x)/x as the activation's derivative; Half: a gated product sends half its relevance to each
-factor; optional AH: attention pattern constant). The rule set comes from the model's family
-(neox/gpt2: ln + identity; gemma/llama/qwen: ln + identity + half) unless ``rules=`` names one.
+factor; AH: attention pattern constant). The rule set comes from the model's family (neox/gpt2:
+ln + identity; llama/qwen: ln + identity + half; gemma: ln + identity + half + ah, as measured in
+circuits/lrp_rules.py) unless ``rules=`` names one.
 With ``rules=()`` RelP is AtP exactly. Cost: that of AtP.
 """
 
