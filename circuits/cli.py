@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from circuits.attribute import attribute
 from circuits.circuit import Circuit, build, default_node_threshold
 from circuits.edges import EDGE_METHODS, attribute_edges
@@ -290,22 +292,23 @@ def sweep_command(args: argparse.Namespace) -> None:
     with run_dir(args.out, f"sweep-{args.task}", args) as run:
         model = load_model(args.model, args.device)
         train, test = load_pairs(args.task, model, args.n, args.eval_n)
-        all_scores = {}
+        all_scores, all_edges = {}, {}
         for method in methods:
             if method == "neurons":
                 continue
             all_scores[method] = attribute(model, train, method, **method_kwargs(method, args))
             all_scores[method].save(run.work / f"scores-{_file_safe(method)}.safetensors")
+            if args.edges and method in EDGE_METHODS:
+                all_edges[method] = _sweep_edges(model, train, all_scores[method], args)
         table = sweep(model, all_scores, test, thresholds=thresholds, node_counts=counts,
-                      progress=not args.quiet)
+                      edges=all_edges, progress=not args.quiet)
         if "neurons" in methods:  # the neuron baseline: identity dictionaries, scored with relp
             neurons = load(args.model, device=args.device, dictionaries="neurons")
             scores = attribute(neurons, train, "relp", **method_kwargs("relp", args))
             scores.save(run.work / "scores-neurons.safetensors")
-            import pandas as pd
-
+            edges = {"neurons": _sweep_edges(neurons, train, scores, args)} if args.edges else {}
             extra = sweep(neurons, {"neurons": scores}, test, thresholds=thresholds,
-                          node_counts=counts, progress=not args.quiet)
+                          node_counts=counts, edges=edges, progress=not args.quiet)
             table = pd.concat([table, extra], ignore_index=True)
         table.insert(0, "task", args.task)
         table.to_csv(run.work / "sweep.csv", index=False)
@@ -313,6 +316,13 @@ def sweep_command(args: argparse.Namespace) -> None:
         shown = ["method", "threshold", "top_k", "n_nodes", "faithfulness", "completeness"]
         print(table[shown].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         print("\nfiles: sweep.csv sweep.png sweep.svg scores-*.safetensors")
+
+
+def _sweep_edges(model, train, scores, args):
+    """Edges once per method among its top --edge-nodes nodes; sweep counts those kept."""
+    selection = select_nodes(scores, top_k=args.edge_nodes)
+    kwargs = method_kwargs(scores.method, args)
+    return attribute_edges(model, train, scores.method, selection, **kwargs)
 
 
 def _file_safe(method: str) -> str:
@@ -481,6 +491,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--node-counts", default=None,
                    help="circuit sizes (top k nodes), e.g. '5,10,20,50' (default: 0 and 16 "
                         "counts spaced geometrically up to all nodes)")
+    s.add_argument("--edges", action="store_true",
+                   help="also count edges (n_edges): edge attribution once per method among its "
+                        "top --edge-nodes nodes; larger circuits get n_edges NaN")
+    s.add_argument("--edge-nodes", type=_positive, default=500,
+                   help="nodes among which --edges computes edges (500)")
     s.set_defaults(func=sweep_command)
 
     e = sub.add_parser("evaluate", help="faithfulness/completeness of a saved circuit")

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from circuits.edges import EdgeScores
 from circuits.scores import Scores
 from circuits.select import select_nodes
 from evaluation.ablation import NodeMeans, ablated_metrics, full_selection, node_means, prepare
@@ -49,6 +50,8 @@ def sweep(
     intact_layers: int = 0,
     batch_size: int = 256,
     min_gap: float = MIN_GAP,
+    edges: EdgeScores | Mapping[str, EdgeScores] | None = None,
+    edge_threshold: float = 0.0,
     progress: bool = True,
 ) -> pd.DataFrame:
     """One row per (method, threshold): columns COLUMNS.
@@ -56,8 +59,11 @@ def sweep(
     scores: one Scores, or {label: Scores} (the label fills the "method" column; one Scores is
     labelled by its method). Give thresholds (|score| >= t) or node_counts (the top k nodes by
     |score|); neither: node_counts = default_node_counts(total nodes). faithfulness /
-    completeness are NaN (with one warning) when |m(M) − m(∅)| < min_gap. n_edges is NaN until
-    edges are integrated. Rows are sorted by method, then by decreasing threshold / increasing k.
+    completeness are NaN (with one warning) when |m(M) − m(∅)| < min_gap. edges: EdgeScores
+    (one, or {label: EdgeScores}) computed once among a large selection; n_edges counts the
+    edges with |weight| >= edge_threshold between kept nodes, and is NaN for a method without
+    edges or a circuit that keeps a node the edge scores do not cover. Rows are sorted by
+    method, then by decreasing threshold / increasing k.
     """
     if thresholds is not None and node_counts is not None:
         raise ValueError("give thresholds= or node_counts=, not both")
@@ -72,6 +78,10 @@ def sweep(
                 f"scores[{label!r}] were computed on model {s.model!r}, not {model.name!r}; "
                 "sweep each model's scores with that model"
             )
+    if isinstance(edges, EdgeScores):
+        edges = {label: edges for label in labelled} if len(labelled) == 1 else {
+            edges.method: edges}
+    edges = dict(edges or {})
     data = prepare(model, data)
     if thresholds is not None:
         grid = sorted({float(t) for t in thresholds}, reverse=True)
@@ -91,7 +101,7 @@ def sweep(
     # every (label, grid point): C and M ∖ C; distinct selections run once
     unique: dict[bytes, int] = {}
     selections: list[dict[str, Tensor] | None] = [None, full_selection(model, False)]
-    plan: list[tuple[str, float, int, int, int, int]] = []  # label, t, k, n, i_c, i_rest
+    plan: list[tuple[str, float, int, int, float, int, int]] = []  # label, t, k, n, e, i_c, i_r
     for label, s in labelled.items():
         for point in grid:
             if mode == "threshold":
@@ -100,7 +110,10 @@ def sweep(
                 sel = select_nodes(s, top_k=point)
             kept = [_index(sel, unique, selections), _index(complement(sel), unique, selections)]
             threshold = point if mode == "threshold" else _smallest_kept(s, sel)
-            plan.append((label, threshold, point if mode == "top_k" else -1, count(sel), *kept))
+            n_edges = count_edges(edges[label], sel, edge_threshold) if label in edges else math.nan
+            plan.append(
+                (label, threshold, point if mode == "top_k" else -1, count(sel), n_edges, *kept)
+            )
     means = node_means(model, data) if means is None else means
     metrics = ablated_metrics(
         model, data, selections, means=means, intact_layers=intact_layers,
@@ -110,13 +123,13 @@ def sweep(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         rows = []
-        for label, threshold, top_k, n, i_c, i_rest in plan:
+        for label, threshold, top_k, n, n_edges, i_c, i_rest in plan:
             rows.append({
                 "method": label,
                 "threshold": threshold,
                 "top_k": top_k if top_k >= 0 else math.nan,
                 "n_nodes": n,
-                "n_edges": math.nan,
+                "n_edges": n_edges,
                 "faithfulness": ratio(metrics[i_c], m_empty, m_full, min_gap=min_gap),
                 "completeness": ratio(metrics[i_rest], m_empty, m_full, min_gap=min_gap,
                                       what="completeness"),
@@ -143,3 +156,22 @@ def _smallest_kept(scores: Scores, sel: dict[str, Tensor]) -> float:
     """The least |score| among kept nodes: the threshold a top-k selection amounts to."""
     kept = [v.abs()[sel[k]] for k, v in scores.sites.items() if bool(sel[k].any())]
     return float(torch.cat(kept).min()) if kept else math.inf
+
+
+def count_edges(edges: EdgeScores, sel: dict[str, Tensor], edge_threshold: float = 0.0) -> float:
+    """Edges with |weight| >= edge_threshold (and non-zero) between nodes kept by ``sel``, the
+    metric counted as kept; NaN if ``sel`` keeps a node that ``edges`` does not cover."""
+    kept: dict[str, Tensor] = {}
+    for site, mask in sel.items():
+        flat = mask.flatten().cpu()
+        covered = edges.nodes.get(site, torch.zeros(0, dtype=torch.long))
+        if int(flat.sum()) > int(flat[covered].sum()):
+            return math.nan
+        kept[site] = flat[covered]  # [n_covered] bool
+
+    def strong(w: Tensor) -> int:
+        return int(((w != 0) & (w.abs() >= edge_threshold)).sum())
+
+    n = sum(strong(w[kept[down]][:, kept[up]]) for (up, down), w in edges.weights.items())
+    n += sum(strong(w[kept[site]]) for site, w in edges.metric.items())
+    return float(n)

@@ -259,3 +259,24 @@ def test_sweep_of_per_position_scores(organism, test_set):
     assert df["faithfulness"].tolist() == pytest.approx(
         [0.0, df["faithfulness"][1], 1.0], abs=1e-4)
     assert 0.0 < df["faithfulness"][1] < 1.2
+
+
+def test_sweep_counts_edges_among_kept_nodes(organism, test_set, relp):
+    """n_edges of a sweep row equals the edge count of the circuit `build` makes of the same
+    nodes; it never falls as the circuit grows; beyond the nodes the edges cover it is NaN."""
+    from circuits import attribute_edges, build
+
+    train = sva.load("across_pp", n=12, tokenizer=organism.tokenizer)
+    edges = attribute_edges(organism, train, "relp", select_nodes(relp, top_k=40),
+                            progress=False)
+    table = sweep(organism, relp, test_set, node_counts=[5, 20, 40, 80], edges=edges,
+                  progress=False)
+    counts = table.set_index("top_k")["n_edges"]
+    for k in (5, 20, 40):
+        assert counts[k] == build(relp, top_k=k, edges=edges).n_edges
+    assert counts[5] <= counts[20] <= counts[40] and counts[40] > 0
+    assert math.isnan(counts[80])
+    strong = sweep(organism, relp, test_set, node_counts=[40], edges=edges, edge_threshold=0.05,
+                   progress=False)
+    assert strong["n_edges"][0] == build(relp, top_k=40, edges=edges, edge_threshold=0.05).n_edges
+    assert strong["n_edges"][0] < counts[40]
