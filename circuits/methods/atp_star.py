@@ -307,24 +307,30 @@ def node_qk_terms(
     pattern: Tensor,  # [b, h, seq, seq] recorded hook_pattern
     pattern_grads: Sequence[Tensor | None],  # per variant: ∂L/∂A [b, h, seq, seq]
 ) -> list[Tensor]:
-    """Per variant: query + key term of each of c nodes for one attention layer, [c]."""
-    c = torch.arange(len(b), device=b.device)
+    """Per variant: query + key term of each of c nodes for one attention layer, [c]. Nodes of
+    one example share its clean queries, keys and scores (no per-node copies of them)."""
     q_new, k_new = queries_keys(model, layer, r[b, p] + vec, p)  # [c, h, dh]
-    k_b, q_b = k[b], q[b]  # [c, seq, h, dh]
-    # query: row p of the scores of example b, [c, h, seq]
-    ds = (scaled_scores(model, layer, torch.einsum("che,cjhe->chj", q_new, k_b))
-          - scaled_scores(model, layer, torch.einsum("che,cjhe->chj", q_b[c, p], k_b)))
-    dA_q = torch.nan_to_num(torch.softmax(scores[b, :, p] + ds, dim=-1) - pattern[b, :, p])
-    # key: column p of every row of example b (masked entries stay -inf)
-    ds_col = (scaled_scores(model, layer, torch.einsum("cthe,che->cht", q_b, k_new))
-              - scaled_scores(model, layer, torch.einsum("cthe,che->cht", q_b, k_b[c, p])))
-    s_new = scores[b].clone()  # [c, h, seq, seq]
-    s_new[c, :, :, p] += ds_col
-    dA_k = torch.nan_to_num(torch.softmax(s_new, dim=-1) - pattern[b])  # [c, h, seq, seq]
-    out = []
-    for grad in pattern_grads:
-        if grad is None:
-            out.append(vec.new_zeros(len(b)))
-            continue
-        out.append((dA_q * grad[b, :, p]).sum((-1, -2)) + (dA_k * grad[b]).sum((-1, -2, -3)))
+    out = [vec.new_zeros(len(b)) for _ in pattern_grads]
+    if all(g is None for g in pattern_grads):
+        return out
+    for e in b.unique().tolist():
+        m = (b == e).nonzero()[:, 0]
+        pm, cm = p[m], torch.arange(len(m), device=b.device)
+        q_e, k_e, s_e, A_e = q[e], k[e], scores[e], pattern[e]  # [seq, h, dh] / [h, seq, seq]
+        # query: row p, [m, h, seq]
+        ds = (scaled_scores(model, layer, torch.einsum("che,jhe->chj", q_new[m], k_e))
+              - scaled_scores(model, layer, torch.einsum("che,jhe->chj", q_e[pm], k_e)))
+        dA_q = torch.nan_to_num(torch.softmax(s_e[:, pm].transpose(0, 1) + ds, dim=-1)
+                                - A_e[:, pm].transpose(0, 1))
+        # key: column p of every row (masked entries stay -inf), [m, h, seq, seq]
+        ds_col = (scaled_scores(model, layer, torch.einsum("the,che->cht", q_e, k_new[m]))
+                  - scaled_scores(model, layer, torch.einsum("the,che->cht", q_e, k_e[pm])))
+        s_new = s_e.expand(len(m), -1, -1, -1).clone()
+        s_new[cm, :, :, pm] += ds_col
+        dA_k = torch.nan_to_num(torch.softmax(s_new, dim=-1) - A_e)
+        for o, grad in zip(out, pattern_grads, strict=True):
+            if grad is not None:
+                G = grad[e]  # [h, seq, seq]
+                o[m] = ((dA_q * G[:, pm].transpose(0, 1)).sum((-1, -2))
+                        + (dA_k * G).sum((-1, -2, -3)))
     return out
