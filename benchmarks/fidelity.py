@@ -66,6 +66,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("relp*", "relp*"),
         Variant("column", "column"),
         *(Variant(f"column-{k}", f"column-{k}") for k in (1, 2, 4, 8)),
+        *(Variant(f"column{f}", f"column{f}") for f in (0.25, 0.5)),
     )
 }
 # AtP*'s QK fix without GradDrop (signed): a benchmark-only entry of the method registry
@@ -74,6 +75,9 @@ EXTRA = {"atp+QK": Method("atp+QK", partial(atp_star.score_batch, grad_drop=Fals
 EXTRA |= {f"column-{k}": Method(f"column-{k}", partial(column.column_patching, depth=k),
                                 f"column patching, columns {k} blocks deep")
           for k in (1, 2, 4, 8)}
+EXTRA |= {f"column{f}": Method(f"column{f}", partial(column.column_patching, share=f),
+                               f"column patching of the {f:.0%} largest moved nodes")
+          for f in (0.25, 0.5)}
 
 
 def task_data(model: SplicedModel, task: str, n: int, seed: int) -> Dataset:

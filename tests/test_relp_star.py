@@ -257,3 +257,16 @@ def test_column_of_depth_zero_is_relp_with_the_ah_rule(gemma, data):
     for name in ("embed", "mlp_0", "resid_0"):
         assert ah[name].abs().max() > 1e-4, name
         torch.testing.assert_close(col[name], ah[name], atol=1e-6, rtol=1e-5)
+
+
+def test_column_share_interpolates_between_relp_ah_and_column(gemma, data):
+    """share=1 follows every column (= column); share→0 follows none (= depth 0 = RelP + AH)."""
+    full = scores(gemma, data, "column")
+    every = dict(column.column_patching(gemma, data, Options(), share=1.0))
+    none = dict(column.column_patching(gemma, data, Options(), share=1e-9))
+    zero = dict(column.column_patching(gemma, data, Options(), depth=0))
+    for name in full:
+        torch.testing.assert_close(every[name], full[name], atol=1e-6, rtol=1e-5)
+    # share 1e-9 still follows the single largest node: equal to depth 0 elsewhere
+    differ = sum(int(((none[n] - zero[n]).abs() > 1e-6).sum()) for n in none)
+    assert differ <= 1

@@ -53,11 +53,18 @@ def score_batch(model: SplicedModel, batch: Dataset, options: Options) -> SiteSc
 
 
 def column_patching(
-    model: SplicedModel, batch: Dataset, options: Options, *, depth: int | None = None
+    model: SplicedModel,
+    batch: Dataset,
+    options: Options,
+    *,
+    depth: int | None = None,
+    share: float | None = None,
 ) -> Iterator[tuple[str, Tensor]]:
     """Column-patching scores per site [b, pos, n_nodes]. depth: follow each column exactly for
     at most this many blocks, then score its change linearly (RelP + AH gradient at the next
-    block's input); None follows it to the top."""
+    block's input); None follows it to the top. share: follow only this fraction of the moved
+    nodes (those that change their position's residual stream the most, |Δ| / |r|), scoring
+    the others by RelP + AH (a column of depth 0); None follows every node."""
     cfg = model.cfg
     if not qk_supported(model, "column", "nothing: refusing"):
         raise ValueError(f"method 'column' cannot recompute the attention of {model.name!r} "
@@ -73,12 +80,14 @@ def column_patching(
     z_names = [f"blocks.{a}.attn.hook_z" for a in range(n_layers)]
     entries = {s.name: entry(model, s) for s in sites}
     mids = [f"blocks.{e.start}.hook_resid_mid" for e in entries.values() if e.hook is not None]
-    record = [s.hook_name for s in sites] + z_names + mids + [
+    final = f"blocks.{n_layers - 1}.hook_resid_post"
+    record = [s.hook_name for s in sites] + z_names + mids + [final] + [
         names[a][k] for a in range(n_layers) for k in ("resid", "scores")
     ] + [f"blocks.{a}.attn.hook_v" for a in range(n_layers)]
     targets = Targets.of(batch)
     base, acts = run(model, batch.clean_tokens, targets, record=record, hooks=hooks, grad=True)
-    wanted = z_names + ([names[a]["resid"] for a in range(n_layers)] if depth is not None else [])
+    linear_tail = depth is not None or share is not None
+    wanted = z_names + ([names[a]["resid"] for a in range(n_layers)] if linear_tail else [])
     grads = torch.autograd.grad(base.sum(), [acts[n] for n in wanted], allow_unused=True)
     grads = [torch.zeros_like(acts[n]) if g is None else g.detach()
              for n, g in zip(wanted, grads, strict=True)]
@@ -117,6 +126,14 @@ def column_patching(
         # [c] the block each column stops before (then scored linearly, or at the metric)
         top = torch.full_like(first, n_layers) if depth is None else (first + depth).clamp(
             max=n_layers)
+        if share is not None:  # the rest: depth 0
+            r_in = torch.empty_like(x)  # [c, d] the clean residual each column starts from
+            for f in first.unique().tolist():
+                at = first == f
+                r_in[at] = acts[names[f]["resid"] if f < n_layers else final][b[at], p[at]]
+            size = (x - r_in).norm(dim=-1) / r_in.norm(dim=-1)
+            keep = size >= size.quantile(1 - share) if share < 1 else size >= 0
+            top = torch.where(keep, top, first.clamp(max=n_layers))
         total = x.new_zeros(len(b))  # [c]
         for a in range(n_layers):
             now = ((first <= a) & (a < top)).nonzero()[:, 0]
