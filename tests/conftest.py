@@ -91,3 +91,13 @@ def pythia_cache() -> Path:
     if not (cache / "models--EleutherAI--pythia-70m-deduped").exists():
         build(cache, d_sae=256, target_l0=20)
     return cache
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules on the tiny organism: one thread is as fast, and immune to a busy second core
+    (use with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

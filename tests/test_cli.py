@@ -8,7 +8,6 @@ import xml.etree.ElementTree as ET
 
 import pandas as pd
 import pytest
-import torch
 
 from circuits.circuit import Circuit
 from circuits.cli import main
@@ -17,12 +16,7 @@ from circuits.scores import Scores
 SMALL = ["--n", "12", "--eval-n", "8", "--batch-size", "12", "--quiet"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: the organism runs on 1 thread
 
 
 @pytest.fixture(scope="module")

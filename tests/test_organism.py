@@ -16,14 +16,7 @@ from saes.organism.data import HELDOUT_SEED_OFFSET, token_rows
 from saes.organism.tokenizer import UNK, build
 from tasks import accuracy, sva
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The organism is tiny: one thread is as fast, and immune to a busy second core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: the organism runs on 1 thread
 
 
 @pytest.fixture(scope="module")
