@@ -16,12 +16,13 @@ class RankedNode:
     position: int | None  # None when scores are summed over positions
     score: float
     is_error: bool
+    is_component: bool = False  # a bare model's node: the site's whole activation
 
     @property
     def label(self) -> str:
-        what = "error" if self.is_error else f"feature {self.node}"
+        what = "" if self.is_component else " error" if self.is_error else f" feature {self.node}"
         where = "" if self.position is None else f" @ pos {self.position}"
-        return f"{self.site} {what}{where}"
+        return f"{self.site}{what}{where}"
 
 
 def top_nodes(scores: Scores, k: int = 20) -> list[RankedNode]:
@@ -42,6 +43,7 @@ def top_nodes(scores: Scores, k: int = 20) -> list[RankedNode]:
                     position=position if values.dim() == 2 else None,
                     score=float(flat[index]),
                     is_error=not scores.bare and node == n_nodes - 1,
+                    is_component=scores.bare,
                 )
             )
     ranked.sort(key=lambda r: -abs(r.score))
