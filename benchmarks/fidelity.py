@@ -65,19 +65,26 @@ VARIANTS: dict[str, Variant] = {
         Variant("atp+QK", "atp+QK"),
         Variant("relp*", "relp*"),
         Variant("column", "column"),
-        *(Variant(f"column-{k}", f"column-{k}") for k in (1, 2, 4, 8)),
-        *(Variant(f"column{f}", f"column{f}") for f in (0.25, 0.5)),
+        Variant("column-all", "column-all"),
+        Variant("column-all+AH", "column-all+AH"),
+        *(Variant(f"column-{k}", f"column-{k}") for k in (2, 4, 8)),
     )
 }
-# AtP*'s QK fix without GradDrop (signed): a benchmark-only entry of the method registry
-EXTRA = {"atp+QK": Method("atp+QK", partial(atp_star.score_batch, grad_drop=False),
-                          "2 forward + 1 backward + QK fix")}
-EXTRA |= {f"column-{k}": Method(f"column-{k}", partial(column.column_patching, depth=k),
-                                f"column patching, columns {k} blocks deep")
-          for k in (1, 2, 4, 8)}
-EXTRA |= {f"column{f}": Method(f"column{f}", partial(column.column_patching, share=f),
-                               f"column patching of the {f:.0%} largest moved nodes")
-          for f in (0.25, 0.5)}
+DEFAULT = ("atp", "relp", "relp+AH", "atp+AH", "atp*", "relp*", "column", "column-all")
+# benchmark-only entries of the method registry: variants of registered methods
+EXTRA = {
+    "atp+QK": Method("atp+QK", partial(atp_star.score_batch, grad_drop=False),
+                     "AtP*'s QK fix without GradDrop"),
+    "column-all": Method("column-all", partial(column.column_patching, budget=None),
+                         "column patching of every moved node"),
+    "column-all+AH": Method("column-all+AH", partial(
+        column.column_patching, budget=None, frozen_patterns=True),
+        "column patching of every moved node, R with patterns constant"),
+} | {
+    f"column-{k}": Method(f"column-{k}", partial(column.column_patching, budget=None, depth=k),
+                          f"column patching, columns {k} blocks deep, then linear")
+    for k in (2, 4, 8)
+}
 
 
 def task_data(model: SplicedModel, task: str, n: int, seed: int) -> Dataset:
@@ -182,7 +189,7 @@ def main() -> None:
     parser.add_argument("--ioi-n", type=int, default=8, help="IOI prompt pairs")
     parser.add_argument("--sva-n", type=int, default=16, help="pairs per agreement construction")
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma list of {TASKS}")
-    parser.add_argument("--methods", default=",".join(VARIANTS),
+    parser.add_argument("--methods", default=",".join(DEFAULT),
                         help=f"comma list of {list(VARIANTS)} (atp is always run)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)

@@ -223,7 +223,8 @@ def test_column_is_exact_at_the_metric_position(kind, gemma, neox_tokenizer):
     else:
         model = tiny_spliced(neox_tokenizer, parallel=False, seed=2)
     data = model.tokenize(sva.generate("within_rc", 3, seed=1, tokenizer=model.tokenizer))
-    col, exact = scores(model, data, "column"), scores(model, data, "exact")
+    col = dict(column.column_patching(model, data, Options(), budget=None))
+    exact = scores(model, data, "exact")
     last = data.seq_len - 1
     for name in exact:
         assert exact[name][:, last].abs().max() > 1e-3, name
@@ -240,33 +241,38 @@ def test_column_is_exact_for_one_attention_layer(neox_tokenizer):
         model.model.blocks[0].mlp.W_out.zero_()
         model.model.blocks[0].mlp.b_out.zero_()
     data = model.tokenize(sva.generate("across_rc", 4, seed=5, tokenizer=model.tokenizer))
-    col, exact = scores(model, data, "column"), scores(model, data, "exact")
-    relp = scores(model, data, "relp*")
+    col = dict(column.column_patching(model, data, Options(), budget=None))
+    exact, relp = scores(model, data, "exact"), scores(model, data, "relp*")
     assert exact["embed"][:, :-1].abs().max() > 1e-3  # hops, not only the metric's position
     for name in exact:
         torch.testing.assert_close(col[name], exact[name], atol=2e-5, rtol=1e-4)
     assert not torch.allclose(relp["embed"], exact["embed"], atol=1e-3)
 
 
-def test_column_of_depth_zero_is_relp_with_the_ah_rule(gemma, data):
-    """Columns followed for 0 blocks: the change scored by the RelP + AH gradient at the block
-    it enters, i.e. RelP + AH, at every site entering the residual stream between blocks (not
-    the last block's, nor attn_L of a sequential block: its column runs block L's MLP first)."""
-    col = dict(column.column_patching(gemma, data, Options(), depth=0))
-    ah = scores(gemma, data, "relp", rules=("ln", "identity", "half", "ah"))
+@pytest.mark.parametrize("frozen", [False, True])
+def test_column_of_depth_zero_is_relp(gemma, data, frozen):
+    """Columns followed for 0 blocks: the change scored by R at the block it enters, i.e. RelP
+    (with the AH rule when patterns are frozen), at every site entering the residual stream
+    between blocks (not the last block's, nor attn_L of a sequential block: its column runs
+    block L's MLP first)."""
+    col = dict(column.column_patching(gemma, data, Options(), depth=0, frozen_patterns=frozen))
+    rules = ("ln", "identity", "half") + (("ah",) if frozen else ())
+    relp = scores(gemma, data, "relp", rules=rules)
     for name in ("embed", "mlp_0", "resid_0"):
-        assert ah[name].abs().max() > 1e-4, name
-        torch.testing.assert_close(col[name], ah[name], atol=1e-6, rtol=1e-5)
+        assert relp[name].abs().max() > 1e-4, name
+        torch.testing.assert_close(col[name], relp[name], atol=1e-6, rtol=1e-5)
 
 
-def test_column_share_interpolates_between_relp_ah_and_column(gemma, data):
-    """share=1 follows every column (= column); share→0 follows none (= depth 0 = RelP + AH)."""
-    full = scores(gemma, data, "column")
-    every = dict(column.column_patching(gemma, data, Options(), share=1.0))
-    none = dict(column.column_patching(gemma, data, Options(), share=1e-9))
+def test_column_budget_follows_the_largest_nodes_first(gemma, data):
+    """An unlimited budget follows every column; budget 0 follows only the columns that run
+    no block (depth 0 for the rest); in between, registered 'column' differs from both."""
+    full = dict(column.column_patching(gemma, data, Options(), budget=None))
+    huge = dict(column.column_patching(gemma, data, Options(), budget=1e9))
+    none = dict(column.column_patching(gemma, data, Options(), budget=0.0))
     zero = dict(column.column_patching(gemma, data, Options(), depth=0))
+    some = dict(column.column_patching(gemma, data, Options(), budget=0.5))
     for name in full:
-        torch.testing.assert_close(every[name], full[name], atol=1e-6, rtol=1e-5)
-    # share 1e-9 still follows the single largest node: equal to depth 0 elsewhere
-    differ = sum(int(((none[n] - zero[n]).abs() > 1e-6).sum()) for n in none)
-    assert differ <= 1
+        torch.testing.assert_close(huge[name], full[name], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(none[name], zero[name], atol=1e-6, rtol=1e-5)
+    assert max((some[n] - full[n]).abs().max() for n in full) > 1e-4
+    assert max((some[n] - zero[n]).abs().max() for n in full) > 1e-4

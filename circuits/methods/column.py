@@ -11,16 +11,19 @@ other positions only through attention reading position p. This method follows t
              value (exact softmax): Δz_a[t] = A'_a[t] · V'_a - z_a[t];
     score    Σ_a Σ_{t≠p} Δz_a[t] · R_a[t]  +  [p is the metric's position] (metric(x_L) - metric)
 
-where R_a is RelP's propagation coefficient at hook_z of block a (the family's LRP rules, every
-attention pattern held constant: the AH rule), read from one backward pass of the clean run.
-Exact where the node sits at the metric's position (a node there reaches the metric only through
-its column), and exact for a single attention layer followed by linear maps; otherwise the hops'
-further effects are linear and hops of different blocks do not interact.
+where R_a is RelP's propagation coefficient at hook_z of block a (the family's LRP rules without
+AH: after the hop the gradient does cross the later softmaxes; with the patterns frozen instead,
+IOI on Gemma-3-270M fell from r 0.91/0.97/0.93 to 0.89/0.89/0.84), read from one backward pass
+of the clean run. Exact where the node sits at the metric's position (a node there reaches the
+metric only through its column), and exact for a single attention layer followed by linear
+maps; otherwise the hops' further effects are linear and hops of different blocks and
+positions do not interact (IOI's S1 -> S2 -> END path is where that shows).
 
-Cost: AtP's 2 forward + 1 backward, plus one single-position forward per moved node from its
-block to the top (with the clean keys and values as a cache) and one [heads, pos, pos] softmax
-per node and block: about (nodes × blocks above them) token-blocks, i.e. roughly exact's cost
-divided by the sequence length.
+Cost: AtP's 2 forward + 1 backward, plus one single-position forward per followed node from its
+block to the top (the clean keys and values serve as a cache) and one [heads, pos, pos] softmax
+per node and block: about (nodes × blocks above them) token-blocks, exact's cost divided by the
+sequence length. The registered method follows columns within a budget of BUDGET × tokens ×
+blocks, the nodes that move their residual stream most first, and scores the rest by RelP.
 """
 
 from __future__ import annotations
@@ -40,16 +43,20 @@ from circuits.methods.atp_star import (
 )
 from circuits.methods.base import Options, SiteScores
 from circuits.methods.relp_star import _leaf_hook
-from circuits.nodes import moved_nodes, node_sites, node_vectors, site_delta
-from circuits.runs import Targets, entry, metric, run, valid_positions
+from circuits.nodes import SiteDelta, moved_nodes, node_sites, node_vectors, site_delta
+from circuits.runs import Entry, Targets, entry, metric, run, valid_positions
+from saes.sites import Site
 from saes.splice import SplicedModel
 from tasks.pairs import Dataset
 
 NODE_CHUNK = 1 << 14  # nodes whose columns are followed at once
+# the registered method's budget: followed block applications per (real token × block) of a
+# batch; at 6 the cost stayed within 1.7-2.6× AtP on Gemma-3-270M (benchmarks/fidelity.py)
+BUDGET = 6.0
 
 
 def score_batch(model: SplicedModel, batch: Dataset, options: Options) -> SiteScores:
-    return column_patching(model, batch, options)
+    return column_patching(model, batch, options, budget=BUDGET)
 
 
 def column_patching(
@@ -58,13 +65,18 @@ def column_patching(
     options: Options,
     *,
     depth: int | None = None,
-    share: float | None = None,
+    budget: float | None = None,
+    frozen_patterns: bool = False,
 ) -> Iterator[tuple[str, Tensor]]:
-    """Column-patching scores per site [b, pos, n_nodes]. depth: follow each column exactly for
-    at most this many blocks, then score its change linearly (RelP + AH gradient at the next
-    block's input); None follows it to the top. share: follow only this fraction of the moved
-    nodes (those that change their position's residual stream the most, |Δ| / |r|), scoring
-    the others by RelP + AH (a column of depth 0); None follows every node."""
+    """Column-patching scores per site [b, pos, n_nodes].
+
+    depth: follow each column exactly for at most this many blocks, then score its change
+    linearly (R at the next block's input); None follows it to the top. budget: follow columns
+    for at most budget × (real tokens of the batch) × n_layers block applications, nodes that
+    change their residual stream most (|Δ| / |r|) first; the others get a column of depth 0
+    (Δ · R at the block they enter, i.e. RelP); None follows every node. frozen_patterns: R
+    with every attention pattern constant (the AH rule); the default lets R through the
+    patterns (RelP's gradient of the softmax), which measured better after the hop."""
     cfg = model.cfg
     if not qk_supported(model, "column", "nothing: refusing"):
         raise ValueError(f"method 'column' cannot recompute the attention of {model.name!r} "
@@ -75,18 +87,17 @@ def column_patching(
     names = {a: attn_names(a) for a in range(n_layers)}
     leaves: dict[str, Tensor] = {}
     hooks = rule_hooks(model.model, rules) + [
-        (names[a]["pattern"], _leaf_hook(leaves)) for a in range(n_layers)
+        (names[a]["pattern"], _leaf_hook(leaves)) for a in range(n_layers) if frozen_patterns
     ]
     z_names = [f"blocks.{a}.attn.hook_z" for a in range(n_layers)]
     entries = {s.name: entry(model, s) for s in sites}
     mids = [f"blocks.{e.start}.hook_resid_mid" for e in entries.values() if e.hook is not None]
-    final = f"blocks.{n_layers - 1}.hook_resid_post"
-    record = [s.hook_name for s in sites] + z_names + mids + [final] + [
+    record = [s.hook_name for s in sites] + z_names + mids + [
         names[a][k] for a in range(n_layers) for k in ("resid", "scores")
     ] + [f"blocks.{a}.attn.hook_v" for a in range(n_layers)]
     targets = Targets.of(batch)
     base, acts = run(model, batch.clean_tokens, targets, record=record, hooks=hooks, grad=True)
-    linear_tail = depth is not None or share is not None
+    linear_tail = depth is not None or budget is not None
     wanted = z_names + ([names[a]["resid"] for a in range(n_layers)] if linear_tail else [])
     grads = torch.autograd.grad(base.sum(), [acts[n] for n in wanted], allow_unused=True)
     grads = [torch.zeros_like(acts[n]) if g is None else g.detach()
@@ -107,6 +118,12 @@ def column_patching(
              for s, d in zip(sites, deltas, strict=True)]
     site_id = torch.cat([torch.full_like(m[0], i) for i, m in enumerate(moved)])  # [N]
     bn, pn, node, row = (torch.cat([m[j] for m in moved]) for j in range(4))
+    follow = torch.ones_like(bn, dtype=torch.bool)  # [N] nodes whose column is followed
+    if budget is not None:
+        size, cost = _sizes(model, sites, deltas, moved, entries, acts)  # [N], [N]
+        units = budget * int(valid.sum()) * n_layers
+        order = size.argsort(descending=True)
+        follow[order] = cost[order].cumsum(0) <= units
     for start in range(0, len(bn), NODE_CHUNK):
         sl = slice(start, start + NODE_CHUNK)
         ids, b, p = site_id[sl], bn[sl], pn[sl]
@@ -126,14 +143,7 @@ def column_patching(
         # [c] the block each column stops before (then scored linearly, or at the metric)
         top = torch.full_like(first, n_layers) if depth is None else (first + depth).clamp(
             max=n_layers)
-        if share is not None:  # the rest: depth 0
-            r_in = torch.empty_like(x)  # [c, d] the clean residual each column starts from
-            for f in first.unique().tolist():
-                at = first == f
-                r_in[at] = acts[names[f]["resid"] if f < n_layers else final][b[at], p[at]]
-            size = (x - r_in).norm(dim=-1) / r_in.norm(dim=-1)
-            keep = size >= size.quantile(1 - share) if share < 1 else size >= 0
-            top = torch.where(keep, top, first.clamp(max=n_layers))
+        top = torch.where(follow[sl], top, first)
         total = x.new_zeros(len(b))  # [c]
         for a in range(n_layers):
             now = ((first <= a) & (a < top)).nonzero()[:, 0]
@@ -158,6 +168,32 @@ def column_patching(
             mine = ids == i
             outs[i][b[mine], p[mine], node[sl][mine]] = total[mine]
     yield from ((s.name, o) for s, o in zip(sites, outs, strict=True))
+
+
+def _sizes(
+    model: SplicedModel,
+    sites: list[Site],
+    deltas: list[SiteDelta],
+    moved: list[tuple[Tensor, Tensor, Tensor, Tensor]],
+    entries: dict[str, Entry],
+    acts: dict[str, Tensor],
+) -> tuple[Tensor, Tensor]:
+    """Per moved node (sites in order): |Δ| / |clean residual where it enters| [N], and the
+    blocks its column runs [N]."""
+    n_layers = model.cfg.n_layers
+    sizes, costs = [], []
+    for site, delta, (b, p, _, row) in zip(sites, deltas, moved, strict=True):
+        enter = entries[site.name]
+        resid = acts[enter.resid if enter.hook is None
+                     else f"blocks.{enter.start}.hook_resid_mid"]
+        first = enter.start if enter.hook is None else enter.start + 1
+        for start in range(0, len(b), NODE_CHUNK):
+            sl = slice(start, start + NODE_CHUNK)
+            vec = node_vectors(model, delta, b[sl], p[sl], row[sl])  # [c, d]
+            sizes.append(vec.norm(dim=-1) / resid[b[sl], p[sl]].norm(dim=-1))
+        costs.append(torch.full_like(b, max(n_layers - first, 0)))
+    empty = torch.zeros(0, device=deltas[0].rest.device)
+    return torch.cat(sizes) if sizes else empty, torch.cat(costs)
 
 
 class _Clean:
