@@ -406,7 +406,7 @@ def compare_command(args: argparse.Namespace) -> None:
             timings[method] = time.perf_counter() - started
             all_scores[method].save(run.work / f"scores-{_file_safe(method)}.safetensors")
         exact = all_scores.pop("exact")
-        table = agreement(all_scores, exact)
+        table = agreement(all_scores, exact, by="kind" if bare else "site")
         table.to_csv(run.work / "agreement.csv", index=False)
         base = timings.get("atp")
         times = " · ".join(

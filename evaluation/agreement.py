@@ -31,9 +31,19 @@ def pearson(x: Tensor, y: Tensor) -> float:
     return float((x * y).sum()) / denominator if denominator > 0 else math.nan
 
 
-def agreement(scores: Mapping[str, Scores], exact: Scores) -> pd.DataFrame:
+def component_kind(site: str) -> str:
+    """resid, attn or mlp; embed is the residual stream entering block 0."""
+    kind = site.split("_")[0]
+    return "resid" if kind == "embed" else kind
+
+
+def agreement(scores: Mapping[str, Scores], exact: Scores, by: str = "site") -> pd.DataFrame:
     """One row per (method, site) plus a pooled row per method: columns method, site, r,
-    n_nodes (nodes compared)."""
+    n_nodes (nodes compared). by="kind" pools the sites of each component kind (resid, attn,
+    mlp) instead of one row per site: for a bare model, whose sites hold one node per
+    position, the RelP paper's table."""
+    if by not in ("site", "kind"):
+        raise ValueError(f"unknown by={by!r}; use 'site' or 'kind'")
     if exact.per_example:
         raise ValueError("agreement needs averaged exact scores; attribute with per_example=False")
     rows = []
@@ -44,18 +54,19 @@ def agreement(scores: Mapping[str, Scores], exact: Scores) -> pd.DataFrame:
                 f"{s.per_example}) do not match the exact scores ({exact.model}, aggregation "
                 f"{exact.aggregation}, averaged); attribute both on the same model and data"
             )
-        xs, ys = [], []
+        groups: dict[str, tuple[list[Tensor], list[Tensor]]] = {}
         for site, reference in exact.sites.items():
             truth = reference if s.signed else reference.abs()
             mine = s.sites[site].to(truth.device)
             moved = (mine != 0) | (truth != 0)
+            xs, ys = groups.setdefault(site if by == "site" else component_kind(site), ([], []))
             xs.append(mine[moved].float().cpu())
             ys.append(truth[moved].float().cpu())
-            rows.append(
-                {"method": label, "site": site, "r": pearson(xs[-1], ys[-1]),
-                 "n_nodes": int(moved.sum())}
-            )
-        x, y = torch.cat(xs), torch.cat(ys)
+        for group, (xs, ys) in groups.items():
+            x, y = torch.cat(xs), torch.cat(ys)
+            rows.append({"method": label, "site": group, "r": pearson(x, y), "n_nodes": len(x)})
+        x = torch.cat([torch.cat(xs) for xs, _ in groups.values()])
+        y = torch.cat([torch.cat(ys) for _, ys in groups.values()])
         rows.append({"method": label, "site": POOLED, "r": pearson(x, y), "n_nodes": len(x)})
     return pd.DataFrame(rows, columns=["method", "site", "r", "n_nodes"])
 
