@@ -35,11 +35,15 @@ from circuits.edges import EDGE_METHODS, attribute_edges
 from circuits.methods import METHODS
 from circuits.select import select_nodes
 from circuits.top import top_nodes
+from evaluation import completeness, faithfulness, node_means, plot_sweep, sweep
+from evaluation.agreement import agreement, agreement_table
 from saes.load import MODELS, load
 from tasks import sva
 from tasks.pairs import PromptPair
 
 RUN_MARKER = "run.json"  # written last into every run directory
+# edges of methods without an edge definition of their own: their nearest gradient method
+EDGE_FALLBACK = {"relp*": "relp", "atp*": "atp", "exact": "atp"}
 
 
 class UsageError(Exception):
@@ -194,8 +198,6 @@ def load_model(name: str, device: str | None, dictionaries=None):
 
 # ---- subcommands -----------------------------------------------------------------------------
 def discover(args: argparse.Namespace) -> None:
-    from evaluation import completeness, faithfulness, node_means
-
     check_model(args.model)
     check_task(args.task)
     check_methods([args.method], list(METHODS))
@@ -205,7 +207,7 @@ def discover(args: argparse.Namespace) -> None:
         raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
     if args.node_threshold is not None and args.top_k is not None:
         raise UsageError("give --node-threshold or --top-k, not both")
-    edge_method = args.edge_method or (args.method if args.method in EDGE_METHODS else "atp")
+    edge_method = args.edge_method or EDGE_FALLBACK.get(args.method, args.method)
     check_methods([edge_method], EDGE_METHODS)
     with run_dir(args.out, f"{args.task}-{args.method}", args) as run:
         model = load_model(args.model, args.device)
@@ -279,8 +281,6 @@ def _finite(value: float) -> float | None:
 
 
 def sweep_command(args: argparse.Namespace) -> None:
-    from evaluation import plot_sweep, sweep
-
     check_model(args.model)
     check_task(args.task)
     methods = split_list(args.methods)
@@ -341,8 +341,6 @@ def read_circuit(path: Path) -> Circuit:
 
 
 def evaluate_command(args: argparse.Namespace) -> None:
-    from evaluation import completeness, faithfulness, node_means
-
     check_task(args.task)
     circuit = read_circuit(args.circuit)
     # a neuron-baseline circuit names its model "<model>+neurons" (identity dictionaries)
@@ -386,8 +384,6 @@ def render_command(args: argparse.Namespace) -> None:
 
 
 def compare_command(args: argparse.Namespace) -> None:
-    from evaluation.agreement import agreement, agreement_table
-
     check_model(args.model)
     check_task(args.task)
     methods = split_list(args.methods)
@@ -476,7 +472,7 @@ def parser() -> argparse.ArgumentParser:
                    help="keep edges with |weight| >= this (default: every non-zero edge)")
     d.add_argument("--edge-method", default=None,
                    help=f"edge attribution ({', '.join(EDGE_METHODS)}); default: the node "
-                        "method, or atp for exact and atp*")
+                        "method, or atp for exact and atp*, relp for relp*")
     d.add_argument("--no-edges", action="store_true", help="nodes only")
     d.add_argument("--top", type=int, default=15, help="nodes to list (15)")
     d.set_defaults(func=discover)

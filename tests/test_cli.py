@@ -148,3 +148,14 @@ def test_discover_top_k_without_edges(tmp_path):
     circuit = Circuit.load(out / "circuit.json")
     summary = json.loads((out / "summary.json").read_text())
     assert circuit.n_nodes == summary["n_nodes"] == 7 and circuit.n_edges == 0
+
+
+def test_discover_with_a_method_without_edges_of_its_own(tmp_path):
+    """atp* scores magnitudes and has no edge definition: its circuit's edges come from atp."""
+    out = tmp_path / "star"
+    assert main(["discover", "--task", "simple", "--method", "atp*", "--top-k", "10",
+                 "--out", str(out), *SMALL]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    circuit = Circuit.load(out / "circuit.json")
+    assert summary["edge_method"] == "atp" and circuit.meta["edge_method"] == "atp"
+    assert circuit.meta["method"] == "atp*" and circuit.n_edges > 0
