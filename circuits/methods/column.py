@@ -42,7 +42,7 @@ from circuits.methods.atp_star import (
     scaled_scores,
 )
 from circuits.methods.base import Options, SiteScores
-from circuits.methods.relp_star import _leaf_hook
+from circuits.methods.relp_star import pattern_leaf_hook
 from circuits.nodes import SiteDelta, moved_nodes, node_sites, node_vectors, site_delta
 from circuits.runs import Entry, Targets, entry, metric, run, valid_positions
 from saes.sites import Site
@@ -87,7 +87,7 @@ def column_patching(
     names = {a: attn_names(a) for a in range(n_layers)}
     leaves: dict[str, Tensor] = {}
     hooks = rule_hooks(model.model, rules) + [
-        (names[a]["pattern"], _leaf_hook(leaves)) for a in range(n_layers) if frozen_patterns
+        (names[a]["pattern"], pattern_leaf_hook(leaves)) for a in range(n_layers) if frozen_patterns
     ]
     z_names = [f"blocks.{a}.attn.hook_z" for a in range(n_layers)]
     entries = {s.name: entry(model, s) for s in sites}

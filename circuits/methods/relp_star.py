@@ -59,7 +59,7 @@ def relp_star(
     names = {a: attn_names(a) for a in range(n_layers)}
     leaves: dict[str, Tensor] = {}  # hook_pattern -> the leaf the rest of the forward uses
     hooks = rule_hooks(model.model, rules) + [
-        (names[a]["pattern"], _leaf_hook(leaves)) for a in range(n_layers)
+        (names[a]["pattern"], pattern_leaf_hook(leaves)) for a in range(n_layers)
     ]
     record = [s.hook_name for s in sites] + [
         names[a][k] for a in qk_layers for k in ("resid", "scores")
@@ -105,7 +105,7 @@ def relp_star(
     yield from ((s.name, o) for s, o in zip(sites, out, strict=True))
 
 
-def _leaf_hook(store: dict[str, Tensor]):
+def pattern_leaf_hook(store: dict[str, Tensor]):
     """The attention pattern as a leaf: same value, the gradient stops here (the AH rule) and
     ∂L/∂A is read off the leaf."""
 
