@@ -29,7 +29,7 @@ from tasks.pairs import Dataset, PromptPair
 
 log = logging.getLogger(__name__)
 
-RULED = ("relp", "relp*")  # methods that take LRP rules (rules=)
+RULED = ("relp", "relp*", "column")  # methods that take LRP rules (rules=)
 
 
 def attribute(
@@ -50,9 +50,10 @@ def attribute(
 
     aggregation: "sum" over positions -> [n_nodes] per site, or "none" -> [pos, n_nodes].
     per_example: keep a leading [n_examples] axis instead of the mean over examples.
-    steps: interpolation steps of "ig". rules: LRP rule names for "relp"/"relp*" (None: the model
-    family's set; () is plain AtP). candidates: site -> bool mask [n_nodes] / [pos, n_nodes] or
-    index tensor of nodes to score (sites left out score 0; "exact" patches only these).
+    steps: interpolation steps of "ig". rules: LRP rule names for relp, relp*, column (None: the
+    model family's set; () is plain AtP). candidates: site -> bool mask [n_nodes] /
+    [pos, n_nodes] or index tensor of nodes to score (sites left out score 0; "exact" patches
+    only these).
     exact_batch: patched copies per forward pass for "exact".
     """
     if method not in METHODS:
@@ -63,7 +64,7 @@ def attribute(
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if rules is not None and method not in RULED:
-        raise ValueError(f"rules= applies to methods {' and '.join(map(repr, RULED))} only, "
+        raise ValueError(f"rules= applies to methods {', '.join(map(repr, RULED))} only, "
                          f"not {method!r}; drop rules=")
     data = model.tokenize(data if isinstance(data, Dataset) else list(data))
     if len(data) == 0:
