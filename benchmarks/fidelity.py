@@ -73,6 +73,9 @@ VARIANTS: dict[str, Variant] = {
         Variant("column", "column"),
         Variant("column-all", "column-all"),
         Variant("column-all+AH", "column-all+AH"),
+        Variant("column (no rules)", "column", ()),
+        Variant("column (LN)", "column", ("ln",)),
+        Variant("column (Id+Half)", "column", ("identity", "half")),
         *(Variant(f"column-{k}", f"column-{k}") for k in (2, 4, 8)),
     )
 }
