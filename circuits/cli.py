@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from circuits.attribute import attribute
+from circuits.attribute import RULED, attribute
 from circuits.circuit import Circuit, build, default_node_threshold
 from circuits.edges import EDGE_METHODS, attribute_edges
 from circuits.methods import METHODS
@@ -43,7 +43,7 @@ from tasks.pairs import PromptPair
 
 RUN_MARKER = "run.json"  # written last into every run directory
 # edges of methods without an edge definition of their own: their nearest gradient method
-EDGE_FALLBACK = {"relp*": "relp", "atp*": "atp", "exact": "atp"}
+EDGE_FALLBACK = {"relp*": "relp", "column": "relp", "atp*": "atp", "exact": "atp"}
 
 
 class UsageError(Exception):
@@ -184,7 +184,7 @@ def method_kwargs(method: str, args: argparse.Namespace) -> dict:
     kwargs: dict = {"batch_size": args.batch_size, "progress": not args.quiet}
     if method == "ig":
         kwargs["steps"] = args.steps
-    if method in ("relp", "relp*") and args.rules is not None:
+    if method in RULED and args.rules is not None:
         kwargs["rules"] = rules_arg(args.rules)
     return kwargs
 
@@ -472,7 +472,7 @@ def parser() -> argparse.ArgumentParser:
                    help="keep edges with |weight| >= this (default: every non-zero edge)")
     d.add_argument("--edge-method", default=None,
                    help=f"edge attribution ({', '.join(EDGE_METHODS)}); default: the node "
-                        "method, or atp for exact and atp*, relp for relp*")
+                        "method, or atp for exact and atp*, relp for relp* and column")
     d.add_argument("--no-edges", action="store_true", help="nodes only")
     d.add_argument("--top", type=int, default=15, help="nodes to list (15)")
     d.set_defaults(func=discover)
