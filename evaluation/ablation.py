@@ -32,6 +32,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.utilities.activation_functions import apply_softcap
 
+from circuits.nodes import n_nodes, node_sites  # the nodes scored are the nodes ablated
 from saes.sites import Site
 from saes.splice import SplicedModel
 from tasks.metrics import logit_diff
@@ -49,15 +50,6 @@ class NodeMeans:
     seq_len: int
     tokenizer_id: str
     n_examples: int
-
-
-def node_sites(model: SplicedModel) -> list[Site]:
-    """Sites whose nodes can be ablated: the spliced ones, or every site of a bare model."""
-    return model.spliced_sites if model.dictionaries else list(model.sites)
-
-
-def n_nodes(model: SplicedModel, site: Site) -> int:
-    return model.dictionaries[site.name].d_sae + 1 if model.dictionaries else 1
 
 
 def prepare(model: SplicedModel, data: Dataset | Sequence[PromptPair]) -> Dataset:

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from circuits.select import complement, count
 from evaluation.ablation import (
     NodeMeans,
-    Selection,
     ablated_metrics,
     full_selection,
     node_means,
@@ -60,14 +60,6 @@ def as_selection(circuit: Any) -> dict[str, Tensor]:
             f"{type(circuit).__name__}; make one with circuits.select.select_nodes(scores, ...)"
         )
     return {str(k): torch.as_tensor(v) for k, v in circuit.items()}
-
-
-def complement(selection: Selection) -> dict[str, Tensor]:
-    return {site: ~torch.as_tensor(mask) for site, mask in selection.items()}
-
-
-def count(selection: Selection) -> int:
-    return int(sum(int(torch.as_tensor(m).sum()) for m in selection.values()))
 
 
 def ratio(m_circuit: float, m_empty: float, m_full: float, *, min_gap: float = MIN_GAP,
