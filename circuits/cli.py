@@ -433,8 +433,8 @@ def _common(p: argparse.ArgumentParser, *, n: int | None = 100, eval_n: int | No
     p.add_argument("--batch-size", type=_positive, default=32, help="pairs per batch (32)")
     p.add_argument("--steps", type=_positive, default=10, help="ig interpolation steps (10)")
     p.add_argument("--rules", default=None,
-                   help="relp LRP rules, comma-separated (ln,identity,half,ah) or 'none' "
-                        "(default: the model family's set)")
+                   help="LRP rules of relp, relp* and column, comma-separated "
+                        "(ln,identity,half,ah) or 'none' (default: the model family's set)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--out", type=Path, default=None,
                    help="run directory (default runs/<what>-<time>)")
@@ -459,7 +459,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="circuits", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="circuits", description="Sparse-feature circuit discovery: score nodes and "
+                "edges, build a circuit, evaluate it by mean ablation, draw it, sweep thresholds, "
+                "compare methods with exact patching. Each subcommand has its own --help.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     d = sub.add_parser("discover", help="scores, circuit, SVG, JSON and a summary")
