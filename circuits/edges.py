@@ -41,7 +41,6 @@ into resid and mlp sites only from the same position, into attn sites from any e
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -51,8 +50,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -61,6 +58,7 @@ from circuits.methods.atp import clean_gradients
 from circuits.methods.ig import site_gradient
 from circuits.nodes import SiteDelta, linear_scores, node_sites, sparse_decode
 from circuits.runs import Hook, Targets, entry, resid_pre, run, valid_positions
+from circuits.scores import read_tensors, write_tensors
 from saes.dictionary import Dictionary
 from saes.sites import Site, upstream
 from saes.splice import SplicedModel
@@ -122,8 +120,6 @@ class EdgeScores:
 
     def save(self, path: str | Path) -> Path:
         """One .safetensors file (tensors + a JSON header), no pickle; returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {
             "method": self.method, "model": self.model, "aggregation": self.aggregation,
             "n_examples": self.n_examples, "options": self.options,
@@ -133,30 +129,19 @@ class EdgeScores:
         tensors = {f"nodes/{k}": v for k, v in self.nodes.items()}
         tensors |= {f"weights/{u}/{d}": w for (u, d), w in self.weights.items()}
         tensors |= {f"metric/{k}": w for k, w in self.metric.items()}
-        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        save_file(tensors, str(path), metadata={_HEADER_KEY: json.dumps(meta)})
-        return path
+        return write_tensors(path, tensors, _HEADER_KEY, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> EdgeScores:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"no edge scores file at {path}; write one with "
-                                    "EdgeScores.save")
-        with safe_open(str(path), framework="pt") as f:
-            header = (f.metadata() or {}).get(_HEADER_KEY)
-            if header is None:
-                raise ValueError(f"{path} is not an EdgeScores file (no {_HEADER_KEY!r} "
-                                 "header); write it with EdgeScores.save")
-            meta = json.loads(header)
-            return cls(
-                method=meta["method"], model=meta["model"], aggregation=meta["aggregation"],
-                n_examples=meta["n_examples"], options=meta["options"],
-                shapes={k: tuple(v) for k, v in meta["shapes"].items()},
-                nodes={k: f.get_tensor(f"nodes/{k}") for k in meta["shapes"]},
-                weights={(u, d): f.get_tensor(f"weights/{u}/{d}") for u, d in meta["pairs"]},
-                metric={k: f.get_tensor(f"metric/{k}") for k in meta["metric_sites"]},
-            )
+        meta, t = read_tensors(path, _HEADER_KEY, "EdgeScores")
+        return cls(
+            method=meta["method"], model=meta["model"], aggregation=meta["aggregation"],
+            n_examples=meta["n_examples"], options=meta["options"],
+            shapes={k: tuple(v) for k, v in meta["shapes"].items()},
+            nodes={k: t[f"nodes/{k}"] for k in meta["shapes"]},
+            weights={(u, d): t[f"weights/{u}/{d}"] for u, d in meta["pairs"]},
+            metric={k: t[f"metric/{k}"] for k in meta["metric_sites"]},
+        )
 
 
 # ---- the structure ---------------------------------------------------------------------------

@@ -86,8 +86,6 @@ class Scores:
     # ---- persistence -------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write one .safetensors file (tensors + a JSON header); returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {
             "method": self.method,
             "model": self.model,
@@ -99,24 +97,12 @@ class Scores:
             "options": self.options,
             "site_order": list(self.sites),
         }
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.sites.items()}
-        save_file(tensors, str(path), metadata={_HEADER_KEY: json.dumps(meta)})
-        return path
+        return write_tensors(path, self.sites, _HEADER_KEY, meta)
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> Scores:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"no scores file at {path}; write one with Scores.save")
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
-            header = (f.metadata() or {}).get(_HEADER_KEY)
-            if header is None:
-                raise ValueError(
-                    f"{path} is a safetensors file but not a Scores file (no "
-                    f"{_HEADER_KEY!r} header); write it with Scores.save"
-                )
-            meta = json.loads(header)
-            sites = {k: f.get_tensor(k) for k in meta["site_order"]}
+        meta, tensors = read_tensors(path, _HEADER_KEY, "Scores", device)
+        sites = {k: tensors[k] for k in meta["site_order"]}
         return cls(
             method=meta["method"],
             model=meta["model"],
@@ -128,3 +114,30 @@ class Scores:
             signed=meta["signed"],
             options=meta["options"],
         )
+
+
+# ---- one safetensors file: tensors plus a JSON header (Scores, EdgeScores) --------------------
+def write_tensors(path: str | Path, tensors: dict[str, Tensor], key: str, meta: dict) -> Path:
+    """Save ``tensors`` and ``meta`` (as JSON under header ``key``) to one file; no pickle."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    save_file(tensors, str(path), metadata={key: json.dumps(meta)})
+    return path
+
+
+def read_tensors(
+    path: str | Path, key: str, what: str, device: torch.device | str = "cpu"
+) -> tuple[dict, dict[str, Tensor]]:
+    """(meta, tensors) of a file written by write_tensors; ``what`` names the type in errors."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no {what} file at {path}; write one with {what}.save")
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        header = (f.metadata() or {}).get(key)
+        if header is None:
+            raise ValueError(
+                f"{path} is a safetensors file but not a {what} file (no {key!r} header); "
+                f"write it with {what}.save"
+            )
+        return json.loads(header), {k: f.get_tensor(k) for k in f.keys()}
