@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 from circuits.lrp_rules import rule_hooks, rules_for
 from circuits.methods.atp import clean_gradients
 from circuits.methods.ig import site_gradient
-from circuits.nodes import SiteDelta, linear_scores, node_sites, sparse_decode
+from circuits.nodes import SiteDelta, linear_scores, n_nodes, node_sites, sparse_decode
 from circuits.runs import Hook, Targets, entry, resid_pre, run, valid_positions
 from circuits.scores import read_tensors, write_tensors
 from saes.dictionary import Dictionary
@@ -104,11 +104,14 @@ class EdgeScores:
         """(up site, up flat index, down site or METRIC, down flat index or None, weight) for
         every non-zero edge."""
         for (up, down), w in self.weights.items():
-            for i, j in w.nonzero().tolist():
-                yield up, int(self.nodes[up][j]), down, int(self.nodes[down][i]), float(w[i, j])
+            i, j = w.nonzero(as_tuple=True)
+            for d, u, value in zip(self.nodes[down][i].tolist(), self.nodes[up][j].tolist(),
+                                   w[i, j].tolist(), strict=True):
+                yield up, u, down, d, value
         for site, w in self.metric.items():
-            for (j,) in w.nonzero().tolist():
-                yield site, int(self.nodes[site][j]), METRIC, None, float(w[j])
+            (j,) = w.nonzero(as_tuple=True)
+            for u, value in zip(self.nodes[site][j].tolist(), w[j].tolist(), strict=True):
+                yield site, u, METRIC, None, value
 
     def __repr__(self) -> str:
         counts = {k: len(v) for k, v in self.nodes.items() if len(v)}
@@ -257,7 +260,7 @@ def _check_selection(
                          "length; use position-summed scores or a fixed-length construction")
     masks = {}
     for site in plan.sites:
-        size = model.dictionaries[site.name].d_sae + 1 if model.dictionaries else 1
+        size = n_nodes(model, site)
         shape = (data.seq_len, size) if per_position else (size,)
         mask = selection.get(site.name)
         mask = torch.zeros(shape, dtype=torch.bool) if mask is None else torch.as_tensor(mask)
@@ -294,7 +297,8 @@ def _edges_of_batch(
     metric: dict[str, Tensor],
 ) -> None:
     """Add this batch's edge weights (summed over its examples) into ``weights``/``metric``."""
-    states, inputs = _site_states(model, batch, method, plan, hooks, steps)
+    read = {down for _, down in weights} | {site.name for site in plan.last}  # g used there
+    states, inputs = _site_states(model, batch, method, plan, hooks, steps, read)
     _check_residual_sum(model, states)
     for site in plan.last:  # edges to the metric: the node scores Δu · g
         scores = linear_scores(model, states[site.name].delta, states[site.name].grad)
@@ -312,17 +316,21 @@ def _edges_of_batch(
         for start in range(0, len(down), per_node):
             rows = slice(start, start + per_node)
             v = _cotangents(model, site, states[site.name], down[rows], masks[site.name])
-            for up in ups:  # v: [N, b, pos, d] at the downstream site
-                g_up = v if site.kind == "resid" else blocks[site.layer].vjp(site, up, v)
+            # [N, b, pos, d] at the sublayer's input, the same for every upstream site (each
+            # reaches it by the identity); a resid site's upstream sites are its own summands
+            g_up = v if site.kind == "resid" else blocks[site.layer].vjp(site, v)
+            for up in ups:
                 weights[(up.name, site.name)][rows] += _upstream_dots(
                     model, states[up.name].delta, g_up, masks[up.name], nodes[up.name])
 
 
 def _site_states(
     model: SplicedModel, batch: Dataset, method: str, plan: Structure, hooks: list[Hook],
-    steps: int,
+    steps: int, read: set[str],
 ) -> tuple[dict[str, _SiteState], dict[str, Tensor]]:
-    """Per-site state, and the clean inputs of every block (by hook name)."""
+    """Per-site state, and the clean inputs of every block (by hook name). Gradients are
+    needed only at the sites in ``read``; ig (steps backward passes per site) computes no
+    others."""
     names = [s.hook_name for s in plan.sites]
     layers = model.cfg.n_layers
     inputs = [resid_pre(layer) for layer in range(layers)]
@@ -333,7 +341,6 @@ def _site_states(
         entries = {s.name: entry(model, s) for s in plan.sites}
         _, clean = run(model, batch.clean_tokens, targets,
                        record=names + inputs + [e.resid for e in entries.values()])
-        grads = {}
     else:
         clean, grads = clean_gradients(model, batch, list(dict.fromkeys(names + inputs)), hooks)
     _, patch = run(model, batch.patch_tokens, targets, record=names)
@@ -341,7 +348,9 @@ def _site_states(
     states = {}
     for site in plan.sites:
         name = site.hook_name
-        if method == "ig":
+        if method == "ig" and site.name not in read:
+            grad = torch.zeros_like(clean[name])
+        elif method == "ig":
             enter = entries[site.name]
             grad = site_gradient(model, batch, enter, clean[enter.resid], clean[name],
                                  patch[name], steps)
@@ -460,17 +469,17 @@ class _Block:
             return mid_leaf["x"]
 
         prefix = f"blocks.{layer}."
-        fwd = list(hooks) + [(prefix + "hook_attn_out", keep), (prefix + "hook_mlp_out", keep)]
+        fwd = list(hooks) + [(prefix + "hook_attn_out", keep)]
         if not self.parallel:
             fwd.append((prefix + "hook_resid_mid", cut_mid))
         with torch.enable_grad(), tl.hooks(fwd_hooks=fwd):
             tl.blocks[layer](self.pre)
         self.tl, self.block, self.hooks = tl, tl.blocks[layer], list(hooks)
-        self.attn, self.mlp = out["hook_attn_out"], out["hook_mlp_out"]
+        self.attn = out["hook_attn_out"]
         self.mlp_in = self.pre if self.parallel else mid_leaf["x"]
 
-    def vjp(self, down: Site, up: Site, v: Tensor) -> Tensor:
-        """v [N, b, pos, d] at the downstream sublayer's output -> [N, b, pos, d] at ``up``."""
+    def vjp(self, down: Site, v: Tensor) -> Tensor:
+        """v [N, b, pos, d] at the downstream sublayer's output -> [N, b, pos, d] at its input."""
         if down.kind == "mlp":
             return self._mlp_vjp(v)
         (g,) = torch.autograd.grad(self.attn, self.pre, grad_outputs=v, retain_graph=True,

@@ -299,6 +299,18 @@ def test_scores_round_trip(tiny: SplicedModel, data: Dataset, tmp_path):
     assert loaded.features("mlp_0").shape == (data.seq_len, 64)
 
 
+def test_score_files_are_told_apart(tiny: SplicedModel, data: Dataset, tmp_path):
+    """An EdgeScores file read as Scores (and a missing file) fail with the type named."""
+    from circuits import EdgeScores
+
+    scores = attribute(tiny, data, "atp", progress=False)
+    path = scores.save(tmp_path / "scores.safetensors")
+    with pytest.raises(ValueError, match="not a EdgeScores file"):
+        EdgeScores.load(path)
+    with pytest.raises(FileNotFoundError, match="no Scores file at"):
+        Scores.load(tmp_path / "missing.safetensors")
+
+
 @pytest.mark.parametrize("nodes", ["features", "components"])
 def test_every_registered_method_runs(nodes, tiny, bare, data: Dataset):
     model = tiny if nodes == "features" else bare

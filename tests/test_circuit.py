@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from circuits import Circuit, attribute, attribute_edges, build, render, select_nodes
+from circuits.circuit import _flat_id
 from saes import SplicedModel
 from tasks import sva
 from tasks.pairs import Dataset
@@ -48,6 +49,10 @@ def test_build_keeps_the_selected_nodes_and_the_edges_among_them(circuit, scores
     edges = attribute_edges(tiny, data, "atp", selection, progress=False)
     expected = {(u, d): w for u, d, w in circuit.graph.edges(data="weight")}
     assert len(expected) == edges.n_edges > 0
+    for up, u, down, d, weight in edges.edges():  # every edge, under its nodes' ids
+        source = _flat_id(up, u, edges.shapes[up], bare=False)
+        target = "metric" if down == "metric" else _flat_id(down, d, edges.shapes[down], False)
+        assert expected[(source, target)] == weight
     effect = nx.get_node_attributes(circuit.graph, "effect")
     for node, attrs in circuit.graph.nodes(data=True):
         if attrs["kind"] != "metric":
