@@ -6,8 +6,8 @@ prefix (right answer = clean_answer) and the patch prefix (right answer = patch_
 whose answers are not single Gemma tokens are skipped. Prompts are tokenized with
 transformer_lens's default for Gemma (BOS prepended) and batched by length, so no padding.
 
-Pairs come from `tasks.sva.load(construction, split, source="file")` when that exists, else
-straight from the feature-circuits JSON Lines files (deduplicated; test drops pairs in train).
+Pairs come from `tasks.sva.load(construction, split, source="file")` (the feature-circuits
+JSON Lines files, deduplicated; test drops pairs in train).
 The default split is "all" (train + test): the model is not trained on them, and the file test
 splits are nearly all repeats of train pairs (5 distinct new pairs for simple, 61 for within_rc).
 
@@ -18,55 +18,26 @@ splits are nearly all repeats of train pairs (5 distinct new pairs for simple, 6
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from transformer_lens import HookedTransformer
 
 from saes.gemma import load_gemma
+from tasks import sva
+from tasks.pairs import PromptPair
 
-CONSTRUCTIONS = ("simple", "across_pp", "within_rc")
-FILES = {"simple": "simple", "across_pp": "nounpp", "within_rc": "within_rc"}
-DATA_DIR = Path("/work/shared/data/sva")
-
-
-class Pair(NamedTuple):
-    clean: str
-    patch: str
-    clean_answer: str
-    patch_answer: str
+CONSTRUCTIONS = ("simple", "across_pp", "within_rc")  # the ones with a shared file
 
 
-def _read_jsonl(path: Path) -> list[Pair]:
-    with path.open() as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    keys = ("clean_prefix", "patch_prefix", "clean_answer", "patch_answer")
-    return list(dict.fromkeys(Pair(*(row[k] for k in keys)) for row in rows))
-
-
-def load_pairs(construction: str, split: str, data_dir: Path = DATA_DIR) -> tuple[list[Pair], str]:
-    """Distinct pairs of a split ("all": train, then test minus train) and their source."""
+def load_pairs(construction: str, split: str) -> tuple[list[PromptPair], str]:
+    """Distinct pairs of the shared file's split ("all": train, then test minus train)."""
     if split == "all":
-        train, source = load_pairs(construction, "train", data_dir)
-        return train + load_pairs(construction, "test", data_dir)[0], source
-    try:
-        from tasks import sva
-    except ImportError:
-        sva = None
-    if sva is not None and hasattr(sva, "load"):
-        pairs = sva.load(construction, split, source="file")
-        return [Pair(p.clean, p.patch, p.clean_answer, p.patch_answer) for p in pairs], "tasks.sva"
-    train = _read_jsonl(data_dir / f"{FILES[construction]}_train.json")
-    if split == "train":
-        return train, str(data_dir)
-    seen = set(train)
-    test = _read_jsonl(data_dir / f"{FILES[construction]}_test.json")
-    return [p for p in test if p not in seen], str(data_dir)
+        return load_pairs(construction, "train")[0] + load_pairs(construction, "test")[0], "file"
+    return sva.load(construction, split, source="file"), "file"
 
 
 def single_token(model: HookedTransformer, text: str) -> int | None:
