@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from circuits.lrp_rules import rules_for
 from circuits.methods import METHODS, Options
+from circuits.methods.column import column_rules
 from circuits.nodes import n_nodes, node_sites
 from circuits.scores import AGGREGATIONS, Scores
 from saes.splice import SplicedModel
@@ -51,7 +52,8 @@ def attribute(
     aggregation: "sum" over positions -> [n_nodes] per site, or "none" -> [pos, n_nodes].
     per_example: keep a leading [n_examples] axis instead of the mean over examples.
     steps: interpolation steps of "ig". rules: LRP rule names for relp, relp*, column (None: the
-    model family's set; () is plain AtP). candidates: site -> bool mask [n_nodes] /
+    model family's set; () is plain AtP; column never applies "ah" and Scores.options records
+    the rules without it). candidates: site -> bool mask [n_nodes] /
     [pos, n_nodes] or index tensor of nodes to score (sites left out score 0; "exact" patches
     only these).
     exact_batch: patched copies per forward pass for "exact".
@@ -85,7 +87,9 @@ def attribute(
         progress=progress,
     )
     if method in RULED:  # resolve the family's rule set; fail before the first batch
-        options = dataclasses.replace(options, rules=rules_for(model, options.rules))
+        resolved = (column_rules(model, options.rules) if method == "column"  # never AH
+                    else rules_for(model, options.rules))
+        options = dataclasses.replace(options, rules=resolved)
 
     sites = node_sites(model)
     device = model.device

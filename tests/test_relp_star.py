@@ -9,9 +9,10 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from circuits import attribute
+from circuits.lrp_rules import rule_hooks
 from circuits.methods import atp_star, column, relp_star
 from circuits.methods.base import Options
-from circuits.nodes import site_delta
+from circuits.nodes import node_sites, site_delta
 from circuits.runs import Targets, resid_pre, run, valid_positions
 from saes import SplicedModel
 from tasks import sva
@@ -187,13 +188,41 @@ def test_relp_star_without_qk_fix_is_relp_with_the_ah_rule(gemma, data):
 
 
 def test_relp_star_terms_are_the_difference_from_relp_with_ah(gemma, data):
-    """RelP* - (RelP + AH) = Σ over reading layers of the QK terms: zero at the last residual
-    site (no attention reads it), non-zero upstream."""
+    """RelP* - (RelP + AH) = Σ over reading layers of the QK terms (atp_star.qk_terms with
+    ∂L/∂A of the RelP + AH backward): zero at the last residual site (no attention reads it),
+    non-zero upstream."""
+    rules = ("ln", "identity", "half")
     star = scores(gemma, data, "relp*")
-    ah = scores(gemma, data, "relp", rules=("ln", "identity", "half", "ah"))
+    ah = scores(gemma, data, "relp", rules=(*rules, "ah"))
     torch.testing.assert_close(star["resid_1"], ah["resid_1"], atol=1e-6, rtol=1e-5)
     assert (star["embed"] - ah["embed"]).abs().max() > 1e-4
     assert (star["resid_0"] - ah["resid_0"]).abs().max() > 1e-4
+    # the QK terms, from the helpers, per site
+    n_layers = gemma.cfg.n_layers
+    names = [atp_star.attn_names(a) for a in range(n_layers)]
+    sites = node_sites(gemma)
+    leaves: dict[str, torch.Tensor] = {}
+    hooks = rule_hooks(gemma.model, rules) + [
+        (n["pattern"], relp_star.pattern_leaf_hook(leaves)) for n in names]
+    record = [s.hook_name for s in sites] + [n[k] for n in names for k in ("resid", "scores")]
+    targets = Targets.of(data)
+    value, acts = run(gemma, data.clean_tokens, targets, record=record, hooks=hooks, grad=True)
+    patterns = [leaves[n["pattern"]] for n in names]
+    grad_pattern = torch.autograd.grad(value.sum(), patterns, allow_unused=True)
+    acts = {k: v.detach() for k, v in acts.items()}
+    _, patch = run(gemma, data.patch_tokens, targets, record=[s.hook_name for s in sites])
+    valid = valid_positions(data, data.seq_len)
+    for site in sites:
+        delta = site_delta(gemma, site, acts[site.hook_name], patch[site.hook_name], valid)
+        expected = torch.zeros_like(star[site.name])
+        for a in range(atp_star.first_reader(site), n_layers):
+            r = acts[names[a]["resid"]]
+            (term,) = atp_star.qk_terms(gemma, delta, a, r, *atp_star.clean_qk(gemma, a, r),
+                                        acts[names[a]["scores"]], patterns[a].detach(),
+                                        [grad_pattern[a]])
+            expected += term
+        torch.testing.assert_close(star[site.name] - ah[site.name], expected, atol=1e-5,
+                                   rtol=1e-4)
 
 
 def test_atp_star_runs_the_qk_fix_on_gemma_attention(gemma, data):
@@ -206,6 +235,32 @@ def test_atp_star_runs_the_qk_fix_on_gemma_attention(gemma, data):
     plain = scores(gemma, data, "atp")
     assert (fixed["embed"] - plain["embed"]).abs().max() > 1e-4
     torch.testing.assert_close(fixed["resid_1"], plain["resid_1"], atol=1e-6, rtol=1e-5)
+
+
+def test_atp_star_drop_of_the_nodes_own_layer_scores_0(neox_tokenizer):
+    """L = 3, QK fix and GradDrop on. Dropping layer l gates every path from attn_l / mlp_l
+    nodes, the QK terms of the layers that read them included: I*_l = 0 for them (the module
+    docstring, Kramár et al. Eq. 11), so c(n) = (Σ_{l'≠l} |I*_l'|) / (L - 1). Other variants
+    and upstream nodes keep their QK terms."""
+    from tests.conftest import tiny_spliced
+
+    model = tiny_spliced(neox_tokenizer, layers=3)
+    data = model.tokenize(sva.generate("across_pp", 4, seed=1, tokenizer=model.tokenizer))
+    est = dict(atp_star.variant_estimates(model, data, Options()))
+    assert all(len(e) == 3 for e in est.values())
+    for layer in range(3):
+        for kind in ("attn", "mlp"):
+            name = f"{kind}_{layer}"
+            assert torch.equal(est[name][layer], torch.zeros_like(est[name][layer])), name
+            others = [e for v, e in enumerate(est[name]) if v != layer]
+            assert max(e.abs().max() for e in others) > 1e-5, name
+    star = dict(atp_star.score_batch(model, data, Options()))
+    for name in ("attn_0", "mlp_0"):
+        torch.testing.assert_close(star[name], (est[name][1].abs() + est[name][2].abs()) / 2)
+    # the QK fix is on: attn_0 / mlp_0 under drop 1 carry layer 2's QK terms, so differ from AtP
+    # with the same drop (no QK fix)
+    lin = dict(atp_star.variant_estimates(model, data, Options(), qk_fix=False))
+    assert (est["attn_0"][1] - lin["attn_0"][1]).abs().max() > 1e-6
 
 
 # ---- column patching -----------------------------------------------------------------------------
@@ -276,3 +331,18 @@ def test_column_budget_follows_the_largest_nodes_first(gemma, data):
         torch.testing.assert_close(none[name], zero[name], atol=1e-6, rtol=1e-5)
     assert max((some[n] - full[n]).abs().max() for n in full) > 1e-4
     assert max((some[n] - zero[n]).abs().max() for n in full) > 1e-4
+
+
+def test_column_records_the_rules_it_applies(gemma, data):
+    """Column patching never applies AH (module docstring): an explicit "ah", or the gemma
+    family's default that includes it, leaves the scores as without it, and Scores.options
+    records the rules without "ah"."""
+    kwargs = {"aggregation": "none", "per_example": True, "progress": False}
+    with_ah = attribute(gemma, data, "column", rules=("ln", "identity", "ah"), **kwargs)
+    without = attribute(gemma, data, "column", rules=("ln", "identity"), **kwargs)
+    assert with_ah.options["rules"] == ["ln", "identity"]
+    for name in without.sites:
+        torch.testing.assert_close(with_ah.sites[name], without.sites[name], atol=0, rtol=0)
+    default = attribute(gemma, data, "column", **kwargs)
+    assert default.options["rules"] == ["ln", "identity", "half"]
+    assert attribute(gemma, data, "relp*", **kwargs).options["rules"][-1] == "ah"

@@ -44,7 +44,7 @@ moved nodes. circuits/methods/relp_star.py reuses the QK fix (`qk_terms`) withou
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -77,6 +77,28 @@ def score_batch(
 ) -> SiteScores:
     """AtP* scores per site [b, pos, n_nodes] (magnitudes when grad_drop; with both switches
     off this is AtP exactly, which the tests use)."""
+    n_layers = model.cfg.n_layers
+    for name, estimates in variant_estimates(
+        model, batch, options, qk_fix=qk_fix, grad_drop=grad_drop
+    ):
+        if grad_drop:
+            yield name, sum(e.abs() for e in estimates) / max(n_layers - 1, 1)
+        else:
+            yield name, estimates[0]
+
+
+def variant_estimates(
+    model: SplicedModel,
+    batch: Dataset,
+    options: Options,
+    *,
+    qk_fix: bool = True,
+    grad_drop: bool = True,
+) -> Iterator[tuple[str, list[Tensor]]]:
+    """Per site: the signed QK-fixed estimates I*_l(n) [b, pos, n_nodes], one per GradDrop
+    variant (l = 0 .. L-1; a single undropped one without grad_drop). Under drop l the nodes of
+    layer l itself (attn_l, mlp_l) get exactly 0, QK terms included: the gradient into them is
+    gated, and so is every path through them to a later attention layer."""
     n_layers = model.cfg.n_layers
     sites = node_sites(model)
     qk_layers = list(range(n_layers)) if qk_fix and qk_supported(model) else []
@@ -118,23 +140,23 @@ def score_batch(
         name = site.hook_name
         delta = site_delta(model, site, acts[name], patch[name], valid)
         reads = [a for a in qk_layers if a >= first_reader(site)]
+        # the variant that drops the node's own layer: its gate stops every path, 0 (Eq. 11)
+        own = variants.index(site.layer) if grad_drop and site.kind in ("attn", "mlp") else None
         estimates = []
         for v, g in enumerate(grads):
             site_grad = g[name]
-            if reads:
+            if reads and v != own:
                 through_scores = sum(u[v][a] for a in reads)
                 site_grad = -through_scores if site_grad is None else site_grad - through_scores
-            estimates.append(linear_scores(model, delta, site_grad))
+            estimates.append(linear_scores(model, delta, None if v == own else site_grad))
         for a in reads:
             terms = qk_terms(model, delta, a, acts[names[a]["resid"]], *qk[a],
                              acts[names[a]["scores"]], acts[names[a]["pattern"]],
-                             [g[names[a]["pattern"]] for g in grads])
+                             [None if v == own else g[names[a]["pattern"]]
+                              for v, g in enumerate(grads)])
             for est, term in zip(estimates, terms, strict=True):
                 est += term
-        if grad_drop:
-            yield site.name, sum(e.abs() for e in estimates) / max(n_layers - 1, 1)
-        else:
-            yield site.name, estimates[0]
+        yield site.name, estimates
 
 
 def qk_supported(model: SplicedModel, method: str = "atp*", fallback: str = "GradDrop only"

@@ -28,7 +28,7 @@ blocks, the nodes that move their residual stream most first, and scores the res
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -42,7 +42,6 @@ from circuits.methods.atp_star import (
     scaled_scores,
 )
 from circuits.methods.base import Options, SiteScores
-from circuits.methods.relp_star import pattern_leaf_hook
 from circuits.nodes import SiteDelta, moved_nodes, node_sites, node_vectors, site_delta
 from circuits.runs import Entry, Targets, entry, metric, run, valid_positions
 from saes.sites import Site
@@ -83,11 +82,10 @@ def column_patching(
                          "(see the warning); use 'relp' or 'exact'")
     n_layers = cfg.n_layers
     sites = node_sites(model)
-    rules = tuple(r for r in rules_for(model, options.rules) if r != "ah")
+    rules = column_rules(model, options.rules)
     names = {a: attn_names(a) for a in range(n_layers)}
-    leaves: dict[str, Tensor] = {}
     hooks = rule_hooks(model.model, rules) + [
-        (names[a]["pattern"], pattern_leaf_hook(leaves)) for a in range(n_layers) if frozen_patterns
+        (names[a]["pattern"], _detach_hook) for a in range(n_layers) if frozen_patterns
     ]
     z_names = [f"blocks.{a}.attn.hook_z" for a in range(n_layers)]
     entries = {s.name: entry(model, s) for s in sites}
@@ -168,6 +166,18 @@ def column_patching(
             mine = ids == i
             outs[i][b[mine], p[mine], node[sl][mine]] = total[mine]
     yield from ((s.name, o) for s, o in zip(sites, outs, strict=True))
+
+
+def column_rules(model: SplicedModel, rules: Sequence[str] | None) -> tuple[str, ...]:
+    """The LRP rules column patching applies: the given (or the family's) rules without AH,
+    which it never applies (patterns frozen only with frozen_patterns=True; see the module
+    docstring). attribute() records these in Scores.options."""
+    return tuple(r for r in rules_for(model, rules) if r != "ah")
+
+
+def _detach_hook(pattern: Tensor, hook) -> Tensor:
+    """The attention pattern with no gradient through it (the AH rule)."""
+    return pattern.detach()
 
 
 def _sizes(
