@@ -3,19 +3,21 @@
     python benchmarks/attribution.py [--n 100] [--pythia] [--device cpu]
 
 Prints markdown tables:
-(a) Pearson r of atp, atp*, ig and relp against exact activation patching, per site, at the
-    feature level (error nodes left out) of the scores summed over positions and averaged over
-    examples. atp* scores magnitudes (Kramár et al. Eq. 11), so it is compared with the mean of
-    Σ_pos |exact|, the others with the mean of Σ_pos exact.
+(a) Pearson r of atp, atp*, ig and relp against exact activation patching, per site and pooled
+    over all sites: evaluation.agreement on the scores summed over positions and averaged over
+    examples (the table of `circuits compare`): only nodes that moved (non-zero in either method)
+    are compared, error nodes included; atp* (magnitudes, Kramár et al. Eq. 11) is compared with
+    |exact|.
 (b) Wall (and CPU) time and peak memory per method on n agreement prompts (tasks.sva across_pp
     with the model's tokenizer), and the ratios relp/atp, ig/atp, atp*/atp, exact/atp from the
-    same run. Peak memory: CUDA max allocated on a GPU; on CPU the peak resident set size above
-    the level before the method ran, sampled every 5 ms, each method in a fresh process.
+    same run. exact is timed on the prompts of table (a) (--exact-n / --agreement-n when given)
+    and its time scaled to n prompts for the ratio (said in the output). Peak memory: CUDA max
+    allocated on a GPU; on CPU the peak resident set size above the level before the method
+    ran, sampled every 5 ms, each method in a fresh process.
 
-Model: the organism if saes/organism/weights/config.json exists, else a tiny random NeoX with
-random sparse dictionaries (said in the output). --pythia: the full-size offline Pythia-70M
-(needs HF_HUB_OFFLINE=1 and HF_HUB_CACHE=<dir from `python -m saes.offline_cache --d-sae 32768
---out <dir>`); exact is skipped there unless --exact-n is given (one forward per moved node).
+Model: the organism (saes/organism/weights). --pythia: the full-size offline Pythia-70M (needs
+HF_HUB_OFFLINE=1 and HF_HUB_CACHE=<dir from `python -m saes.offline_cache --d-sae 32768 --out
+<dir>`); exact is skipped there unless --exact-n is given (one forward per moved node).
 """
 
 from __future__ import annotations
@@ -36,12 +38,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from circuits import attribute  # noqa: E402
-from saes import Dictionary, SplicedModel, load  # noqa: E402
-from saes.load import ORGANISM_DIR  # noqa: E402
-from saes.offline_cache import random_dictionary  # noqa: E402
-from saes.sites import all_sites  # noqa: E402
+from evaluation.agreement import POOLED, agreement, agreement_table  # noqa: E402
+from saes import SplicedModel, load  # noqa: E402
 from tasks import sva  # noqa: E402
-from tasks.pairs import NEOX_TOKENIZER_FILE, Dataset  # noqa: E402
+from tasks.pairs import Dataset  # noqa: E402
 
 METHODS = ("exact", "atp", "atp*", "ig", "relp")
 
@@ -82,48 +82,6 @@ class PeakMemory:
             self.peak = max(self.top, self.process.memory_info().rss) - self.base
 
 
-def folder_tokenizer():
-    """The GPT-NeoX tokenizer loaded from a folder (transformer_lens reloads a tokenizer by its
-    name_or_path, so the bare tokenizer file is not enough)."""
-    import json
-    import shutil
-    import tempfile
-
-    from transformers import AutoTokenizer
-
-    from saes.offline_cache import TOKENIZER_CONFIG
-
-    folder = Path(tempfile.mkdtemp(prefix="gpt-neox-20b-"))
-    shutil.copy(NEOX_TOKENIZER_FILE, folder / "tokenizer.json")
-    (folder / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG))
-    return AutoTokenizer.from_pretrained(folder)
-
-
-def tiny_model(device: str) -> SplicedModel:
-    """A random 4-layer NeoX (d_model 64) with random sparse dictionaries (d_sae 512)."""
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    from saes.neox import neox_to_hooked
-
-    torch.manual_seed(0)
-    config = GPTNeoXConfig(
-        hidden_size=64, num_attention_heads=4, intermediate_size=256, num_hidden_layers=4,
-        vocab_size=50304, max_position_embeddings=64, rotary_pct=0.25,
-        use_parallel_residual=True, hidden_act="gelu",
-    )
-    tokenizer = folder_tokenizer()
-    model = neox_to_hooked(GPTNeoXForCausalLM(config).eval(), tokenizer, device=device)
-    gen = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, 5000, (16, 12), generator=gen).to(device)
-    _, cache = model.run_with_cache(tokens)
-    dicts = {}
-    for site in all_sites(model.cfg):
-        acts = cache[site.hook_name].reshape(-1, 64).cpu()
-        w = random_dictionary(acts, 512, target_l0=16, gen=gen)
-        dicts[site.name] = Dictionary(w["W_enc"], w["b_enc"], w["W_dec"], w["b_dec"])
-    return SplicedModel(model, dicts, name="tiny-random", family="neox", prepend_bos=False)
-
-
 def pick_model(args) -> tuple[SplicedModel, str]:
     if args.pythia:
         if os.environ.get("HF_HUB_OFFLINE") != "1" or "HF_HUB_CACHE" not in os.environ:
@@ -131,50 +89,21 @@ def pick_model(args) -> tuple[SplicedModel, str]:
                      "`python -m saes.offline_cache --d-sae 32768 --out <dir>`>")
         return load("pythia-70m-deduped", device=args.device), "Pythia-70M-deduped (offline, " \
             "random weights of the real shapes, 32768 features per site)"
-    if (ORGANISM_DIR / "config.json").exists():
-        return load("organism", device=args.device), "the model organism"
-    return tiny_model(args.device), (
-        "a tiny random NeoX (4 layers, d_model 64, random sparse dictionaries d_sae 512): "
-        "the organism's weights are not in saes/organism/weights yet"
-    )
+    return load("organism", device=args.device), "the model organism"
 
 
-def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double().flatten(), b.double().flatten()
-    a, b = a - a.mean(), b - b.mean()
-    denom = a.norm() * b.norm()
-    return float(a @ b / denom) if denom > 0 else float("nan")
+def agreement_markdown(model: SplicedModel, data: Dataset, args) -> str:
+    """evaluation.agreement of atp, atp*, ig and relp against exact (averaged scores summed over
+    positions): the same table as `circuits compare`."""
+    def scores(method: str):
+        return attribute(model, data, method, aggregation="sum", batch_size=args.batch_size,
+                         steps=args.steps, exact_batch=args.exact_batch, progress=args.progress)
 
-
-def per_position(model: SplicedModel, data: Dataset, method: str, args) -> dict[str, torch.Tensor]:
-    """Per-example, per-position scores [n, pos, n_nodes] on CPU."""
-    result = attribute(model, data, method, aggregation="none", per_example=True,
-                       batch_size=args.batch_size, steps=args.steps, exact_batch=args.exact_batch,
-                       progress=args.progress)
-    return {k: v.cpu() for k, v in result.sites.items()}
-
-
-def agreement_table(model: SplicedModel, data: Dataset, args) -> str:
-    exact = per_position(model, data, "exact", args)
-    signed_ref = {k: v.sum(1).mean(0)[:-1] for k, v in exact.items()}  # [d_sae]
-    magnitude_ref = {k: v.abs().sum(1).mean(0)[:-1] for k, v in exact.items()}
-    methods = ("atp", "atp*", "ig", "relp")
-    table = {m: per_position(model, data, m, args) for m in methods}
-    lines = ["| site | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
-    pooled = {m: ([], []) for m in methods}
-    for site in exact:
-        row = [site]
-        for m in methods:
-            ref = magnitude_ref if m == "atp*" else signed_ref
-            est = table[m][site].sum(1).mean(0)[:-1]
-            row.append(f"{pearson(est, ref[site]):.3f}")
-            pooled[m][0].append(est)
-            pooled[m][1].append(ref[site])
-        lines.append("| " + " | ".join(row) + " |")
-    lines.append("| all sites | " + " | ".join(
-        f"{pearson(torch.cat(pooled[m][0]), torch.cat(pooled[m][1])):.3f}" for m in methods
-    ) + " |")
-    return "\n".join(lines)
+    exact = scores("exact")
+    df = agreement({m: scores(m) for m in ("atp", "atp*", "ig", "relp")}, exact, by="site")
+    pooled = df[df["site"] == POOLED].set_index("method")["n_nodes"]
+    counts = ", ".join(f"{m} {n}" for m, n in pooled.items())
+    return agreement_table(df) + f"\n\nNodes compared (pooled): {counts}."
 
 
 def timed(model: SplicedModel, data: Dataset, method: str, args) -> tuple[float, float]:
@@ -195,11 +124,18 @@ def child_measure(model: SplicedModel, data: Dataset, method: str, args) -> dict
     return {"peak": memory.peak, "wall": wall, "cpu": cpu}
 
 
+def exact_n(args, n: int) -> int:
+    """Prompts that exact runs on, for table (a) and its timing: --agreement-n, else --exact-n
+    with --pythia, else all n; never more than n."""
+    return min(n, args.agreement_n or (args.exact_n if args.pythia else n) or n)
+
+
 def cost_table(model: SplicedModel, data: Dataset, methods: tuple[str, ...], args,
                argv: list[str]) -> str:
     """Peak memory: each method in a fresh child process, so that the peak is its own. Time:
     the gradient methods interleaved in this process for ``--rounds`` rounds, best round each
-    (the ratios come from one run on one machine state); exact: its child's single run."""
+    (the ratios come from one run on one machine state); exact: its child's single run on the
+    first exact_n prompts, its × atp ratio per prompt."""
     memory = {}
     for m in methods:
         child = subprocess.run(
@@ -217,14 +153,18 @@ def cost_table(model: SplicedModel, data: Dataset, methods: tuple[str, ...], arg
             wall, cpu = timed(model, data, m, args)
             times[m] = (min(times[m][0], wall), min(times[m][1], cpu))
     base_wall, base_cpu = times["atp"]
+    n_exact = exact_n(args, len(data))
     lines = [
-        "| method | wall time (s) | × atp | CPU time (s) | × atp | peak memory (MiB) |",
-        "|---|---|---|---|---|---|",
+        "| method | prompts | wall time (s) | × atp | CPU time (s) | × atp | peak memory (MiB) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for m in methods:
         wall, cpu = times[m]
-        lines.append(f"| {m} | {wall:.2f} | {wall / base_wall:.1f} | {cpu:.2f} | "
-                     f"{cpu / base_cpu:.1f} | {memory[m]['peak'] / 2**20:.1f} |")
+        prompts = n_exact if m == "exact" else len(data)
+        scale = len(data) / prompts  # × atp per prompt
+        lines.append(f"| {m} | {prompts} | {wall:.2f} | {wall * scale / base_wall:.1f} | "
+                     f"{cpu:.2f} | {cpu * scale / base_cpu:.1f} | "
+                     f"{memory[m]['peak'] / 2**20:.1f} |")
     return "\n".join(lines)
 
 
@@ -232,12 +172,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=100, help="agreement prompts for timings")
     parser.add_argument("--agreement-n", type=int, default=None,
-                        help="prompts for the agreement table (default: --n; 10 with --pythia)")
+                        help="prompts for the agreement table and exact's timing (default: --n; "
+                        "--exact-n with --pythia)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10, help="ig steps")
     parser.add_argument("--pythia", action="store_true", help="full-size offline Pythia-70M")
     parser.add_argument("--exact-n", type=int, default=None,
-                        help="with --pythia: also time exact / build table (a) on this many")
+                        help="with --pythia: also build table (a) and time exact on this many")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--construction", default="across_pp")
     parser.add_argument("--exact-batch", type=int, default=256)
@@ -251,6 +192,8 @@ def main() -> None:
     pairs = sva.generate(args.construction, args.n, seed=0, tokenizer=model.tokenizer)
     data = model.tokenize(pairs)
     if args.child:
+        if args.child == "exact":  # exact is timed on the prompts of table (a)
+            data = data.subset(slice(0, exact_n(args, len(data))))
         print(json.dumps(child_measure(model, data, args.child, args)))
         return
     widths = sorted({d.d_sae for d in model.dictionaries.values()})
@@ -261,18 +204,25 @@ def main() -> None:
           f"{args.batch_size}.\n")
 
     run_exact = not args.pythia or args.exact_n is not None
-    agreement_n = args.agreement_n or (args.exact_n if args.pythia else args.n)
+    agreement_n = exact_n(args, len(data))
     if run_exact:
-        print(f"## (a) Pearson r against exact patching ({agreement_n} prompts, features of "
-              "each site, scores summed over positions, mean over prompts)\n")
-        print(agreement_table(model, data.subset(slice(0, agreement_n)), args))
+        print(f"## (a) Pearson r against exact patching ({agreement_n} prompts; "
+              "evaluation.agreement, as `circuits compare`: scores summed over positions, mean "
+              "over prompts, nodes that moved in either method, error nodes included, atp* "
+              "against |exact|)\n")
+        print(agreement_markdown(model, data.subset(slice(0, agreement_n)), args))
         print()
     methods = tuple(m for m in METHODS if run_exact or m != "exact")
     print(f"## (b) Cost on {len(data)} prompts\n")
     print(cost_table(model, data, methods, args, argv))
+    exact_note = ""
+    if run_exact:
+        exact_note = (f" exact is timed on the {agreement_n} prompts of table (a); its × atp "
+                      f"ratios are per prompt (its time × {len(data)}/{agreement_n}).")
     print(f"\nTimes: best of {args.rounds} interleaved rounds in one process (exact: one run); "
           "peak memory: each method in a fresh process, above its level after loading the "
-          "model and a warm-up run. CPU time is shown because the CPU may be shared.")
+          "model and a warm-up run. CPU time is shown because the CPU may be shared."
+          + exact_note)
 
 
 if __name__ == "__main__":

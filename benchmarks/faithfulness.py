@@ -8,8 +8,9 @@ nodes, ``load(..., dictionaries="neurons")``); sweep the top-k circuits of each 
 split under mean ablation. Writes ``sweep.csv`` (every row, a ``task`` column added),
 ``<construction>.png/.svg`` and ``all.png/.svg`` to --out, and prints markdown tables:
 (a) nodes needed for faithfulness >= 0.8 (the first node count of the grid that reaches it),
-(b) faithfulness at fixed node counts, (c) completeness at the same counts, (d) relp vs ig: rank
-correlation of the node scores, overlap of their top-k sets, and the largest faithfulness gap.
+(b) faithfulness at fixed node counts, (c) completeness at the same counts, (d) relp vs ig:
+Spearman correlation of the node scores (average ranks for ties, over the nodes non-zero in
+either), overlap of their top-k sets, and the largest faithfulness gap.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ sys.path.insert(0, str(REPO))
 from circuits import attribute  # noqa: E402
 from circuits.select import select_nodes  # noqa: E402
 from evaluation import node_means, plot_sweep, sweep  # noqa: E402
+from evaluation.agreement import pearson  # noqa: E402
 from saes import load  # noqa: E402
 from tasks import sva  # noqa: E402
 
@@ -57,18 +59,32 @@ def at_count(df: pd.DataFrame, k: int, column: str) -> float:
     return float(row[column].iloc[0]) if not row.empty else float("nan")
 
 
-def rank_corr(a: torch.Tensor, b: torch.Tensor) -> float:
-    ra, rb = a.argsort().argsort().double(), b.argsort().argsort().double()
-    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+def average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks 1..n of a flat tensor, tied values sharing the mean of their ranks."""
+    _, inverse, counts = torch.unique(x, sorted=True, return_inverse=True,
+                                           return_counts=True)
+    last = counts.cumsum(0).double()  # rank of the last member of each group of ties
+    return (last - (counts - 1) / 2)[inverse]
+
+
+def rank_corr(a: torch.Tensor, b: torch.Tensor) -> tuple[float, int]:
+    """Spearman correlation (average ranks for ties) over the nodes that moved (non-zero in
+    either), and how many those are; nodes at 0 in both would only add ties."""
+    moved = (a != 0) | (b != 0)
+    n = int(moved.sum())
+    if n < 2:
+        return float("nan"), n
+    return pearson(average_ranks(a[moved]), average_ranks(b[moved])), n
 
 
 def compare(relp, ig, k: int = 100) -> dict[str, float]:
-    """Rank correlation of |score| over all nodes, and the overlap of the two top-k sets."""
-    a = torch.cat([v.abs().flatten() for v in relp.sites.values()])
-    b = torch.cat([v.abs().flatten() for v in ig.sites.values()])
+    """Spearman of |score| over the nodes that moved, and the overlap of the two top-k sets."""
+    a = torch.cat([v.abs().flatten().cpu() for v in relp.sites.values()])
+    b = torch.cat([v.abs().flatten().cpu() for v in ig.sites.values()])
     ta = torch.cat([m.flatten() for m in select_nodes(relp, top_k=k).values()])
     tb = torch.cat([m.flatten() for m in select_nodes(ig, top_k=k).values()])
-    return {"spearman": rank_corr(a, b), f"top{k}_overlap": float((ta & tb).sum()) / k}
+    rho, moved = rank_corr(a, b)
+    return {"spearman": rho, "moved": moved, f"top{k}_overlap": float((ta & tb).sum()) / k}
 
 
 def fmt(x: float, digits: int = 2) -> str:
@@ -140,13 +156,16 @@ def main() -> None:
             for m in methods:
                 rows = [at_count(part[part["method"] == m], k, column) for k in FIXED]
                 print(f"| {c} | {m} | " + " | ".join(fmt(x) for x in rows) + " |")
-    print("\n(d) relp vs ig: Spearman of |score| over all nodes, top-100 overlap, largest "
+    print("\n(d) relp vs ig: Spearman of |score| (average ranks for ties) over the nodes that "
+          "moved (non-zero in either), top-100 overlap, largest "
           "|faithfulness(relp) − faithfulness(ig)| over the grid (at k nodes)\n")
-    print("| construction | m(M) | m(∅) | Spearman | top-100 overlap | max gap | at k |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| construction | m(M) | m(∅) | Spearman | moved nodes | top-100 overlap | max gap "
+          "| at k |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for c, v in comparisons.items():
         print(f"| {c} | {v['m_full']:.2f} | {v['m_empty']:.2f} | {v['spearman']:.3f} | "
-              f"{v['top100_overlap']:.2f} | {v['max_gap']:.2f} | {v['max_gap_at']:.0f} |")
+              f"{v['moved']} | {v['top100_overlap']:.2f} | {v['max_gap']:.2f} | "
+              f"{v['max_gap_at']:.0f} |")
     print(f"\nwrote {args.out / 'sweep.csv'} and plots (.png, .svg) to {args.out}",
           file=sys.stderr)
 

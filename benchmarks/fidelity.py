@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from circuits import attribute  # noqa: E402
 from circuits.methods import METHODS, Method, atp_star, column  # noqa: E402
+from evaluation.agreement import pearson  # noqa: E402
 from saes import SplicedModel, load  # noqa: E402
 from tasks import ioi, sva  # noqa: E402
 from tasks.pairs import Dataset  # noqa: E402
@@ -113,13 +114,6 @@ def by_kind(model: SplicedModel, sites: dict[str, torch.Tensor]) -> dict[str, to
         "mlp": [sites[f"mlp_{layer}"] for layer in range(n_layers)],
     }
     return {k: torch.stack([s[..., 0].cpu() for s in v], dim=1) for k, v in out.items()}
-
-
-def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double().flatten(), b.double().flatten()
-    a, b = a - a.mean(), b - b.mean()
-    denom = a.norm() * b.norm()
-    return float(a @ b / denom) if denom > 0 else float("nan")
 
 
 def timed(fn: Callable[[], dict[str, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], float]:
