@@ -20,7 +20,8 @@ pytest.importorskip(
 
 from saes import gemma  # noqa: E402
 
-pytestmark = pytest.mark.slow
+# tiny forwards: one thread (conftest) avoids oversubscription stalls on a busy 2-core machine
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 PROMPTS = ["The keys to the cabinet", "When Mary and John went to the store, John gave a drink to"]
 
@@ -40,15 +41,6 @@ def _forbid_network(mp: pytest.MonkeyPatch) -> list[Any]:
 
     mp.setattr(socket.socket, "connect", connect)
     return tried
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny forwards: one thread avoids oversubscription stalls on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
