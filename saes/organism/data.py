@@ -23,7 +23,7 @@ from transformers import PreTrainedTokenizerBase
 
 from saes.organism.grammar import Grammar
 
-TRAIN_SEED_OFFSET, HELDOUT_SEED_OFFSET = 0, 1_000_003  # disjoint sentence streams per seed
+TRAIN_SEED_OFFSET, HELDOUT_SEED_OFFSET = 0, 1_000_003  # independent streams, not disjoint
 
 
 @cache
