@@ -124,8 +124,8 @@ def render(card: dict) -> str:
         f"({dicts['seconds'] / 60:.1f} min); total {t['total_seconds'] / 60:.1f} min on "
         f"{t['threads']} CPU thread{'s' * (t['threads'] != 1)} "
         f"{_mark(t['total_seconds'] / 60 <= TARGETS['train_minutes'])}",
-        f"- held-out next-token loss: {card['heldout_loss']:.3f} nats "
-        f"({card['heldout_tokens']} tokens of grammar text)",
+        f"- next-token loss: {card['heldout_loss']:.3f} nats on an independent sample of "
+        f"{card['heldout_tokens']} tokens of grammar text (not disjoint from training)",
         f"- shipped size: {card['size_bytes'] / 1e6:.2f} MB "
         f"{_mark(card['size_bytes'] / 1e6 <= TARGETS['size_mb'])}; spliced forward (all "
         f"dictionaries, with error terms) equals plain to {card['splice_max_abs_diff']:.1e}",
