@@ -46,7 +46,7 @@ def main() -> None:
         minutes = (time.perf_counter() - start) / 60
         shipped = sorted(ORGANISM_DIR.rglob("*.safetensors"))
         print(f"retrained in {minutes:.1f} min on {args.threads} thread(s)\n")
-        print("| tensors | max |retrained − shipped| |\n|---|---|")
+        print("| tensors | max abs(retrained − shipped) |\n|---|---|")
         for path in shipped:
             rel = path.relative_to(ORGANISM_DIR)
             print(f"| {rel.parent if rel.parent != Path('.') else 'model'} | "
