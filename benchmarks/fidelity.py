@@ -163,9 +163,9 @@ def measure(model: SplicedModel, task: str, args) -> tuple[dict, dict, dict]:
             r[label][kind] = pearson(got_k[kind].mean(0), ref.mean(0))
             r_pooled[label][kind] = pearson(got_k[kind], ref)
     with torch.no_grad():
-        from circuits.runs import Targets, run
+        from circuits.forward import Targets, forward
 
-        base, _ = run(model, data.clean_tokens, Targets.of(data))
+        base, _ = forward(model, data.clean_tokens, Targets.of(data))
     notes = {"n": len(data), "seq": data.seq_len, "metric": float(base.mean())}
     return {"mean": r, "pooled": r_pooled}, cost, notes
 

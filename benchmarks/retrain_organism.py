@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from saes.load import ORGANISM_DIR  # noqa: E402
+from saes.loader import ORGANISM_DIR  # noqa: E402
 from saes.organism.dictionaries import DictConfig  # noqa: E402
 from saes.organism.lm import LMConfig  # noqa: E402
 from saes.organism.train import train  # noqa: E402

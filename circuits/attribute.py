@@ -23,7 +23,6 @@ from tqdm.auto import tqdm
 from circuits.lrp_rules import rules_for
 from circuits.methods import METHODS, Options
 from circuits.methods.column import column_rules
-from circuits.nodes import n_nodes, node_sites
 from circuits.scores import AGGREGATIONS, Scores
 from saes.splice import SplicedModel
 from tasks.pairs import Dataset, PromptPair
@@ -91,7 +90,7 @@ def attribute(
                     else rules_for(model, options.rules))
         options = dataclasses.replace(options, rules=resolved)
 
-    sites = node_sites(model)
+    sites = model.node_sites
     device = model.device
     totals: dict[str, Tensor] = {}
     rows: dict[str, list[Tensor]] = {s.name: [] for s in sites}
@@ -134,7 +133,7 @@ def _candidate_masks(
     """site -> bool mask [n_nodes] or [pos, n_nodes] on the model's device (absent: none)."""
     if candidates is None:
         return None
-    sites = {s.name: s for s in node_sites(model)}
+    sites = {s.name: s for s in model.node_sites}
     unknown = [name for name in candidates if name not in sites]
     if unknown:
         raise ValueError(
@@ -143,7 +142,7 @@ def _candidate_masks(
         )
     masks = {}
     for name, site in sites.items():
-        size = n_nodes(model, site)
+        size = model.n_nodes(site)
         given = candidates.get(name)
         if given is None:
             mask = torch.zeros(size, dtype=torch.bool)

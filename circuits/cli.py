@@ -37,7 +37,7 @@ from circuits.select import select_nodes
 from circuits.top import top_nodes
 from evaluation import completeness, faithfulness, node_means, plot_sweep, sweep
 from evaluation.agreement import agreement, agreement_table
-from saes.load import MODELS, load
+from saes.loader import MODELS, load
 from tasks import sva
 from tasks.pairs import PromptPair
 

@@ -53,11 +53,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from circuits.forward import Hook, Targets, entry, forward, resid_pre, valid_positions
 from circuits.lrp_rules import rule_hooks, rules_for
 from circuits.methods.atp import clean_gradients
 from circuits.methods.ig import site_gradient
-from circuits.nodes import SiteDelta, linear_scores, n_nodes, node_sites, sparse_decode
-from circuits.runs import Hook, Targets, entry, resid_pre, run, valid_positions
+from circuits.nodes import SiteDelta, linear_scores, sparse_decode
 from circuits.scores import read_tensors, write_tensors
 from saes.dictionary import Dictionary
 from saes.sites import Site, upstream
@@ -158,7 +158,7 @@ class Structure:
 
 
 def structure(model: SplicedModel) -> Structure:
-    sites = node_sites(model)
+    sites = model.node_sites
     names = {s.name for s in sites}
     if model.dictionaries and len(names) != len(model.sites):
         missing = [s.name for s in model.sites if s.name not in names]
@@ -210,7 +210,7 @@ def attribute_edges(
     options: dict[str, Any] = {}
     if method == "relp":
         resolved = rules_for(model, None if rules is None else tuple(rules))
-        hooks, options = rule_hooks(model.model, resolved), {"rules": list(resolved)}
+        hooks, options = rule_hooks(model.transformer, resolved), {"rules": list(resolved)}
     if method == "ig":
         options = {"steps": steps}
 
@@ -260,7 +260,7 @@ def _check_selection(
                          "length; use position-summed scores or a fixed-length construction")
     masks = {}
     for site in plan.sites:
-        size = n_nodes(model, site)
+        size = model.n_nodes(site)
         shape = (data.seq_len, size) if per_position else (size,)
         mask = selection.get(site.name)
         mask = torch.zeros(shape, dtype=torch.bool) if mask is None else torch.as_tensor(mask)
@@ -339,11 +339,11 @@ def _site_states(
     targets = Targets.of(batch)
     if method == "ig":
         entries = {s.name: entry(model, s) for s in plan.sites}
-        _, clean = run(model, batch.clean_tokens, targets,
+        _, clean = forward(model, batch.clean_tokens, targets,
                        record=names + inputs + [e.resid for e in entries.values()])
     else:
         clean, grads = clean_gradients(model, batch, list(dict.fromkeys(names + inputs)), hooks)
-    _, patch = run(model, batch.patch_tokens, targets, record=names)
+    _, patch = forward(model, batch.patch_tokens, targets, record=names)
     valid = valid_positions(batch, batch.clean_tokens.shape[1])
     states = {}
     for site in plan.sites:
@@ -454,7 +454,7 @@ class _Block:
     def __init__(
         self, model: SplicedModel, layer: int, clean: dict[str, Tensor], hooks: list[Hook]
     ):
-        tl = model.model
+        tl = model.transformer
         self.pre = clean[resid_pre(layer)].detach().requires_grad_(True)  # [b, pos, d]
         self.parallel = model.cfg.parallel_attn_mlp
         out: dict[str, Tensor] = {}

@@ -26,17 +26,6 @@ from saes.splice import SplicedModel
 CHUNK = 1 << 16  # rows of W_dec gathered at once
 
 
-def node_sites(model: SplicedModel) -> list[Site]:
-    """Sites whose nodes are scored: the spliced ones, or every site of a bare model."""
-    return model.spliced_sites if model.dictionaries else list(model.sites)
-
-
-def n_nodes(model: SplicedModel, site: Site) -> int:
-    if not model.dictionaries:
-        return 1
-    return model.dictionaries[site.name].d_sae + 1
-
-
 @dataclass
 class SiteDelta:
     """How a site's nodes move from the clean to the patch run, on one batch."""

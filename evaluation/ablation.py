@@ -32,7 +32,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.utilities.activation_functions import apply_softcap
 
-from circuits.nodes import n_nodes, node_sites  # the nodes scored are the nodes ablated
 from saes.sites import Site
 from saes.splice import SplicedModel
 from tasks.metrics import logit_diff
@@ -76,7 +75,7 @@ def node_means(
 ) -> NodeMeans:
     """Mean of each node over the patch prompts, per position (padded positions left out)."""
     data = prepare(model, data)
-    sites = node_sites(model)
+    sites = model.node_sites
     seq = data.seq_len
     sums_f: dict[str, Tensor] = {}
     sums_e: dict[str, Tensor] = {}
@@ -105,11 +104,11 @@ def _run_nodes(model: SplicedModel, tokens: Tensor) -> dict[str, tuple[Tensor, T
     if model.dictionaries:
         record: dict = {}
         with model.spliced(record=record):
-            model.model(tokens, return_type=None)
+            model.transformer(tokens, return_type=None)
         return {name: (n.features, n.error) for name, n in record.items()}
     store: dict[str, tuple[Tensor, Tensor]] = {}
-    with model.model.hooks(fwd_hooks=_record_hooks(model, store)):
-        model.model(tokens, return_type=None)
+    with model.transformer.hooks(fwd_hooks=_record_hooks(model, store)):
+        model.transformer(tokens, return_type=None)
     return {s.name: store[s.hook_name] for s in model.sites}
 
 
@@ -118,7 +117,7 @@ def check_selection(model: SplicedModel, selection: Selection, seq_len: int) -> 
 
     Raises when a site is unknown or missing, or a mask has the wrong shape or dtype.
     """
-    sites = node_sites(model)
+    sites = model.node_sites
     names = [s.name for s in sites]
     unknown = [k for k in selection if k not in names]
     missing = [k for k in names if k not in selection]
@@ -131,7 +130,7 @@ def check_selection(model: SplicedModel, selection: Selection, seq_len: int) -> 
     out = {}
     for site in sites:
         mask = torch.as_tensor(selection[site.name])
-        size = n_nodes(model, site)
+        size = model.n_nodes(site)
         if mask.dtype != torch.bool:
             raise ValueError(
                 f"selection[{site.name!r}] has dtype {mask.dtype}; masks must be bool "
@@ -152,8 +151,8 @@ def check_selection(model: SplicedModel, selection: Selection, seq_len: int) -> 
 def full_selection(model: SplicedModel, value: bool = True) -> dict[str, Tensor]:
     """Every node kept (value=True) or none (False), as [n_nodes] masks."""
     return {
-        s.name: torch.full((n_nodes(model, s),), value, dtype=torch.bool, device=model.device)
-        for s in node_sites(model)
+        s.name: torch.full((model.n_nodes(s),), value, dtype=torch.bool, device=model.device)
+        for s in model.node_sites
     }
 
 
@@ -190,7 +189,7 @@ def ablated_metrics(
     means = node_means(model, data) if means is None else means
     _check_means(means, data)
     seq = data.seq_len
-    sites = node_sites(model)
+    sites = model.node_sites
     intact = {s.name for s in sites if max(s.layer, 0) < intact_layers}
     masks = [None if sel is None else check_selection(model, sel, seq) for sel in selections]
     plain = [i for i, m in enumerate(masks) if m is None]
@@ -260,7 +259,7 @@ def _metric(
     model: SplicedModel, batch: Dataset, tokens: Tensor, *, edit=None, spliced: bool = True
 ) -> Tensor:
     """Evaluation logit difference [rows] of tokens [rows, seq] (rows = S copies of batch)."""
-    tl = model.model
+    tl = model.transformer
     copies = tokens.shape[0] // len(batch)
     lengths = batch.lengths.repeat(copies)  # [rows]
     out: dict[str, Tensor] = {}

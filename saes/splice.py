@@ -61,7 +61,7 @@ class SplicedModel:
         family: str,
         prepend_bos: bool,
     ):
-        self.model = model
+        self.transformer = model
         self.name = name
         self.family = family  # architecture family, chooses e.g. the LRP rule set
         self.prepend_bos = prepend_bos
@@ -79,23 +79,38 @@ class SplicedModel:
     # ---- basics ------------------------------------------------------------------------------
     @property
     def cfg(self):
-        return self.model.cfg
+        return self.transformer.cfg
 
     @property
     def device(self) -> torch.device:
         return (
-            self.model.cfg.device
-            if isinstance(self.model.cfg.device, torch.device)
-            else (torch.device(self.model.cfg.device or "cpu"))
+            self.transformer.cfg.device
+            if isinstance(self.transformer.cfg.device, torch.device)
+            else (torch.device(self.transformer.cfg.device or "cpu"))
         )
 
     @property
     def tokenizer(self):
-        return self.model.tokenizer
+        return self.transformer.tokenizer
 
     @property
     def spliced_sites(self) -> list[Site]:
         return [s for s in self.sites if s.name in self.dictionaries]
+
+    @property
+    def components_only(self) -> bool:
+        """True for the bare model: no dictionaries, each site's one node is the component."""
+        return not self.dictionaries
+
+    @property
+    def node_sites(self) -> list[Site]:
+        """Sites whose nodes are scored: the spliced ones, or every site of a bare model."""
+        return list(self.sites) if self.components_only else self.spliced_sites
+
+    def n_nodes(self, site: Site | str) -> int:
+        """Nodes of a site: d_sae features then the error node, or 1 (the component) when bare."""
+        name = site if isinstance(site, str) else site.name
+        return 1 if self.components_only else self.dictionaries[name].d_sae + 1
 
     def site(self, name: str) -> Site:
         return site_by_name(self.cfg, name)
@@ -152,15 +167,15 @@ class SplicedModel:
         hooks = [
             (self.site(n).hook_name, self._splice_hook(self.site(n), edit, record)) for n in names
         ]
-        with self.model.hooks(fwd_hooks=hooks):
+        with self.transformer.hooks(fwd_hooks=hooks):
             yield
 
     def logits(self, tokens: Tensor, *, spliced: bool = True, **splice_kwargs) -> Tensor:
         """[batch, pos] tokens -> [batch, pos, vocab] logits, spliced or plain."""
         if not spliced or not self.dictionaries:
-            return self.model(tokens)
+            return self.transformer(tokens)
         with self.spliced(**splice_kwargs):
-            return self.model(tokens)
+            return self.transformer(tokens)
 
     def __repr__(self) -> str:
         widths = sorted({d.d_sae for d in self.dictionaries.values()})

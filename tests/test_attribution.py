@@ -9,10 +9,10 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from circuits import METHODS, Scores, attribute
+from circuits.forward import Targets, forward, valid_positions
 from circuits.methods import atp, atp_star
 from circuits.methods.base import Options
-from circuits.nodes import node_sites, site_delta
-from circuits.runs import Targets, run, valid_positions
+from circuits.nodes import site_delta
 from saes import Dictionary, SplicedModel
 from saes.offline_cache import random_dictionary
 from saes.sites import all_sites
@@ -37,7 +37,7 @@ def sequential(neox_tokenizer) -> SplicedModel:
 
 @pytest.fixture(scope="module")
 def bare(tiny: SplicedModel) -> SplicedModel:
-    return SplicedModel(tiny.model, {}, name="tiny-bare", family="neox", prepend_bos=False)
+    return SplicedModel(tiny.transformer, {}, name="tiny-bare", family="neox", prepend_bos=False)
 
 
 def scores(model, data, method, **kwargs) -> dict[str, torch.Tensor]:
@@ -54,7 +54,7 @@ def spliced_nodes(model: SplicedModel, tokens: torch.Tensor) -> dict[str, SiteNo
 
 # ---- identities of the metric and of aggregation -----------------------------------------------
 def test_metric_equals_logit_diff_on_full_logits(tiny: SplicedModel, data: Dataset):
-    value, _ = run(tiny, data.clean_tokens, Targets.of(data))
+    value, _ = forward(tiny, data.clean_tokens, Targets.of(data))
     expected = logit_diff(tiny.logits(data.clean_tokens, spliced=False), data)
     torch.testing.assert_close(value, expected, atol=1e-5, rtol=1e-5)
 
@@ -75,12 +75,12 @@ def test_atp_equals_autograd_through_the_splice(tiny: SplicedModel, data: Datase
     patch = spliced_nodes(tiny, data.patch_tokens)
     record: dict[str, SiteNodes] = {}
     with tiny.spliced(record=record):
-        logits = tiny.model(data.clean_tokens)
+        logits = tiny.transformer(data.clean_tokens)
         for nodes in record.values():
             nodes.features.retain_grad()
             nodes.error.retain_grad()
         logit_diff(logits, data).sum().backward()
-    tiny.model.zero_grad(set_to_none=True)
+    tiny.transformer.zero_grad(set_to_none=True)
     got = scores(tiny, data, "atp")
     for name, clean in record.items():
         features = (patch[name].features - clean.features) * clean.features.grad
@@ -173,7 +173,7 @@ def test_bare_model_scores_components(bare: SplicedModel, data: Dataset):
     grad = scores(bare, data, "atp")
     assert set(got) == {s.name for s in bare.sites}
     assert got["mlp_0"].shape == (len(data), data.seq_len, 1)
-    tl = bare.model
+    tl = bare.transformer
     _, patch_cache = tl.run_with_cache(data.patch_tokens)
     base = logit_diff(tl(data.clean_tokens), data)
     site, p = bare.site("attn_1"), 2
@@ -197,7 +197,7 @@ def test_ig_completeness(blocks, tiny, sequential, data: Dataset):
     tiny = tiny if blocks == "parallel" else sequential
     data = data.subset([0, 1, 2])
     got = scores(tiny, data, "ig", steps=32, aggregation="sum")
-    tl = tiny.model
+    tl = tiny.transformer
     _, patch_cache = tl.run_with_cache(data.patch_tokens)
     with torch.no_grad():
         base = logit_diff(tl(data.clean_tokens), data)
@@ -250,15 +250,15 @@ def test_atp_star_graddrop_identities(tiny: SplicedModel, data: Dataset):
 def test_atp_star_qk_terms_match_patching_queries_and_keys(bare: SplicedModel, data: Dataset):
     """For an embed component at position p, layer 0's query and key terms equal the pattern
     change of really patching q_p (then k_p) to the patch run's value, dotted with ∂L/∂A."""
-    tl, p = bare.model, 1  # the subject noun: the only token that differs
+    tl, p = bare.transformer, 1  # the subject noun: the only token that differs
     names = atp_star.attn_names(0)
     qk_points = {"q": "blocks.0.attn.hook_q", "k": "blocks.0.attn.hook_k"}
     record = list(names.values()) + list(qk_points.values())
     targets = Targets.of(data)
-    value, acts = run(bare, data.clean_tokens, targets, record=record, grad=True)
+    value, acts = forward(bare, data.clean_tokens, targets, record=record, grad=True)
     (grad_pattern,) = torch.autograd.grad(value.sum(), acts[names["pattern"]])
     acts = {k: v.detach() for k, v in acts.items()}
-    _, patch_acts = run(bare, data.patch_tokens, targets, record=record)
+    _, patch_acts = forward(bare, data.patch_tokens, targets, record=record)
     site = bare.site("embed")
     valid = valid_positions(data, data.seq_len) & (torch.arange(data.seq_len) == p)
     delta = site_delta(bare, site, acts[site.hook_name], patch_acts[site.hook_name], valid)
@@ -317,7 +317,7 @@ def test_every_registered_method_runs(nodes, tiny, bare, data: Dataset):
     width = 65 if nodes == "features" else 1
     for name in METHODS:
         result = attribute(model, data.subset([0, 1]), name, steps=2, progress=False)
-        assert set(result.sites) == {s.name for s in node_sites(model)}
+        assert set(result.sites) == {s.name for s in model.node_sites}
         assert result.bare == (nodes == "components") and result.signed == (name != "atp*")
         assert all(s.shape == (width,) and torch.isfinite(s).all() for s in result.sites.values())
 

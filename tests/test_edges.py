@@ -112,7 +112,7 @@ def reference_edges(
     the spliced site's feature (through its encoder) or error term, every site between u and d
     held fixed (its nodes detached), one backward per downstream node. g_d: the gradient of the
     metric at the node, or from ``site_grads`` (site -> [b, pos, d] at the site) if given."""
-    tl = model.model
+    tl = model.transformer
     clean, patch = data.clean_tokens, data.patch_tokens
     nodes_patch: dict[str, SiteNodes] = {}
     with torch.no_grad():
@@ -171,7 +171,7 @@ def test_batched_edges_equal_one_backward_per_node(which, method, tiny, sequenti
     model = tiny if which == "tiny" else sequential
     selection = some_nodes(model, data, method)
     edges = attribute_edges(model, data, method, selection, batch_size=3, progress=False)
-    hooks = rule_hooks(model.model, rules_for(model, None)) if method == "relp" else ()
+    hooks = rule_hooks(model.transformer, rules_for(model, None)) if method == "relp" else ()
     expected = reference_edges(model, data, selection, hooks)
     assert set(edges.weights) == set(expected)
     assert sum(int(w.count_nonzero()) for w in edges.weights.values()) > 50
@@ -182,16 +182,16 @@ def test_batched_edges_equal_one_backward_per_node(which, method, tiny, sequenti
 def test_ig_edges_equal_the_reference_with_the_integrated_gradient(tiny, data):
     """ig edges: SFC's definition, the downstream gradient ḡ averaged over D's own clean->patch
     path, the Jacobian at the clean run."""
+    from circuits.forward import Targets, entry, forward
     from circuits.methods.ig import site_gradient
-    from circuits.runs import Targets, entry, run
 
     selection = some_nodes(tiny, data, "ig")
     edges = attribute_edges(tiny, data, "ig", selection, steps=4, progress=False)
     sites = structure(tiny).sites
     entries = {s.name: entry(tiny, s) for s in sites}
     names = [s.hook_name for s in sites] + [e.resid for e in entries.values()]
-    _, clean = run(tiny, data.clean_tokens, Targets.of(data), record=names)
-    _, patch = run(tiny, data.patch_tokens, Targets.of(data), record=names)
+    _, clean = forward(tiny, data.clean_tokens, Targets.of(data), record=names)
+    _, patch = forward(tiny, data.patch_tokens, Targets.of(data), record=names)
     grads = {s.name: site_gradient(tiny, data, entries[s.name], clean[entries[s.name].resid],
                                    clean[s.hook_name], patch[s.hook_name], 4) for s in sites}
     expected = reference_edges(tiny, data, selection, site_grads=grads)
@@ -204,7 +204,7 @@ def test_ig_edges_equal_the_reference_with_the_integrated_gradient(tiny, data):
 def test_edges_into_a_bare_resid_site_sum_to_its_node_score(tiny, data):
     """resid_L = resid_{L-1} + attn_L + mlp_L exactly, so on a bare model (components as nodes)
     the incoming edges of resid_L sum to its atp score on any model, linear or not."""
-    bare = SplicedModel(tiny.model, {}, name="tiny-bare", family="neox", prepend_bos=False)
+    bare = SplicedModel(tiny.transformer, {}, name="tiny-bare", family="neox", prepend_bos=False)
     scores = attribute(bare, data, "atp", progress=False)
     selection = {s: torch.ones(1, dtype=torch.bool) for s in scores.sites}
     edges = attribute_edges(bare, data, "atp", selection, progress=False)
@@ -266,13 +266,13 @@ def two_node_effect(model, data, up, u, down, d, alpha: float) -> float:
     """Patch node u by alpha·Δu, let it move node d through the direct path only (the other
     sites of the block held clean), patch d alone by that move, and read the metric's change
     (all paths from d to the metric), averaged over examples."""
+    from circuits.forward import Targets, entry, forward, resid_pre, valid_positions
     from circuits.nodes import site_delta, sparse_decode
-    from circuits.runs import Targets, entry, resid_pre, run, valid_positions
 
     targets = Targets.of(data)
     names = [s.hook_name for s in model.sites] + [resid_pre(n) for n in range(model.cfg.n_layers)]
-    base, clean = run(model, data.clean_tokens, targets, record=names)
-    _, patch = run(model, data.patch_tokens, targets, record=names)
+    base, clean = forward(model, data.clean_tokens, targets, record=names)
+    _, patch = forward(model, data.patch_tokens, targets, record=names)
     U, D = model.site(up), model.site(down)
     delta = site_delta(model, U, clean[U.hook_name], patch[U.hook_name],
                        valid_positions(data, data.seq_len))
@@ -292,8 +292,8 @@ def two_node_effect(model, data, up, u, down, d, alpha: float) -> float:
             out["x"] = act
             return act
 
-        with torch.no_grad(), model.model.hooks(fwd_hooks=[(D.hook_name, keep)]):
-            model.model.blocks[D.layer](clean[resid_pre(D.layer)] + alpha * move)
+        with torch.no_grad(), model.transformer.hooks(fwd_hooks=[(D.hook_name, keep)]):
+            model.transformer.blocks[D.layer](clean[resid_pre(D.layer)] + alpha * move)
         x_moved = out["x"]
     dic = model.dictionaries[down]
     with torch.no_grad():
@@ -302,7 +302,7 @@ def two_node_effect(model, data, up, u, down, d, alpha: float) -> float:
         else:
             change = (dic.encode(x_moved)[..., d] - dic.encode(x)[..., d])[..., None] * dic.W_dec[d]
         enter = entry(model, D)
-        value, _ = run(model, clean[enter.resid] + change, targets, start_at_layer=enter.start)
+        value, _ = forward(model, clean[enter.resid] + change, targets, start_at_layer=enter.start)
     return float((value - base).mean())
 
 

@@ -77,7 +77,7 @@ def test_per_position_full_and_empty(organism, test_set, relp):
 def test_empty_circuit_is_the_mean_final_residual(organism, test_set):
     """m(∅) independently: decode is affine, so ablating every node at the last site puts the
     mean patch residual stream there; unembed it at the last position."""
-    tl = organism.model
+    tl = organism.transformer
     final = f"blocks.{tl.cfg.n_layers - 1}.hook_resid_post"
     _, cache = tl.run_with_cache(test_set.patch_tokens, names_filter=final)
     mean = cache[final].mean(0, keepdim=True).expand(len(test_set), -1, -1)  # one length

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from circuits.forward import Targets, forward
 from circuits.lrp_rules import FAMILIES, RULES, rule_hooks, rules_for
-from circuits.runs import Targets, run
 from saes import SplicedModel
 from tasks import sva
 
@@ -39,8 +39,8 @@ def grads_at(model: SplicedModel, points: list[str], rules: tuple[str, ...], *, 
         store["after:" + hook.name] = x
         return x
 
-    hooks = rule_hooks(model.model, rules) + [(p, keep) for p in after]
-    value, acts = run(model, data.clean_tokens, Targets.of(data), record=points, hooks=hooks,
+    hooks = rule_hooks(model.transformer, rules) + [(p, keep) for p in after]
+    value, acts = forward(model, data.clean_tokens, Targets.of(data), record=points, hooks=hooks,
                       grad=True)
     acts.update(store)
     names = points + ["after:" + p for p in after]
@@ -53,17 +53,19 @@ def grads_at(model: SplicedModel, points: list[str], rules: tuple[str, ...], *, 
 
 @pytest.mark.parametrize("rules", [("ln",), ("identity",), ("ah",), ("ln", "identity", "ah")])
 def test_rules_keep_logits_bit_identical(tiny: SplicedModel, rules):
-    plain = tiny.model(TOKENS)
+    plain = tiny.transformer(TOKENS)
     with torch.enable_grad():
-        ruled = tiny.model.run_with_hooks(TOKENS, fwd_hooks=rule_hooks(tiny.model, rules))
+        tl = tiny.transformer
+        ruled = tl.run_with_hooks(TOKENS, fwd_hooks=rule_hooks(tl, rules))
     assert torch.equal(ruled, plain)
 
 
 def test_gated_rules_keep_logits_bit_identical(gated: SplicedModel):
-    plain = gated.model(TOKENS)
+    plain = gated.transformer(TOKENS)
     for rules in [("half",), ("identity", "half"), FAMILIES["llama"]]:
         with torch.enable_grad():
-            ruled = gated.model.run_with_hooks(TOKENS, fwd_hooks=rule_hooks(gated.model, rules))
+            tl = gated.transformer
+            ruled = tl.run_with_hooks(TOKENS, fwd_hooks=rule_hooks(tl, rules))
         assert torch.equal(ruled, plain), rules
 
 
@@ -76,7 +78,7 @@ def test_ln_rule_equals_gradient_with_the_scale_detached(tiny: SplicedModel):
     x = acts[last][torch.arange(3), data.lengths - 1]  # [3, d]
     centred = x - x.mean(-1, keepdim=True)
     sigma = (centred.pow(2).mean(-1, keepdim=True) + tiny.cfg.eps).sqrt()
-    W_U, w = tiny.model.unembed.W_U.detach(), tiny.model.ln_final.w.detach()
+    W_U, w = tiny.transformer.unembed.W_U.detach(), tiny.transformer.ln_final.w.detach()
     u = W_U[:, data.patch_answer].T - W_U[:, data.clean_answer].T  # [3, d]
     wu = w * u
     expected = (wu - wu.mean(-1, keepdim=True)) / sigma
@@ -138,14 +140,14 @@ def test_ah_rule_freezes_the_attention_pattern(tiny: SplicedModel):
 def test_rule_sets(tiny: SplicedModel, gated: SplicedModel):
     assert rules_for(tiny, None) == ("ln", "identity")
     assert rules_for(gated, None) == ("ln", "identity", "half")
-    gemma = SplicedModel(gated.model, {}, name="g", family="gemma", prepend_bos=False)
+    gemma = SplicedModel(gated.transformer, {}, name="g", family="gemma", prepend_bos=False)
     assert rules_for(gemma, None) == ("ln", "identity", "half", "ah")  # measured: lrp_rules.py
     assert rules_for(tiny, ("ah", "ln", "ah")) == ("ah", "ln")
     assert set(RULES) == {"ln", "identity", "half", "ah"}
     with pytest.raises(ValueError, match=r"unknown LRP rule\(s\) \['layernorm'\]"):
         rules_for(tiny, ("layernorm",))
     with pytest.raises(ValueError, match="rule 'half' applies to gated MLPs"):
-        rule_hooks(tiny.model, ("half",))
-    other = SplicedModel(tiny.model, {}, name="x", family="mamba", prepend_bos=False)
+        rule_hooks(tiny.transformer, ("half",))
+    other = SplicedModel(tiny.transformer, {}, name="x", family="mamba", prepend_bos=False)
     with pytest.raises(ValueError, match="no LRP rule set for model family 'mamba'"):
         rules_for(other, None)

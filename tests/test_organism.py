@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from saes import load
-from saes.load import ORGANISM_DIR
+from saes.loader import ORGANISM_DIR
 from saes.organism import grammar
 from saes.organism.data import HELDOUT_SEED_OFFSET, token_rows
 from saes.organism.tokenizer import UNK, build
@@ -67,7 +67,7 @@ def test_hooked_model_equals_hugging_face_checkpoint(organism, text):
     hf = GPTNeoXForCausalLM.from_pretrained(ORGANISM_DIR).eval()
     with torch.no_grad():
         torch.testing.assert_close(
-            organism.model(text), hf(input_ids=text).logits, atol=1e-4, rtol=1e-4
+            organism.transformer(text), hf(input_ids=text).logits, atol=1e-4, rtol=1e-4
         )
 
 
@@ -109,7 +109,7 @@ def test_every_dictionary_site_exists(organism):
     for site in organism.sites:
         cfg = json.loads((ORGANISM_DIR / "dictionaries" / site.name / "cfg.json").read_text())
         assert cfg["metadata"]["hook_name"] == site.hook_name
-        assert site.hook_name in organism.model.hook_dict
+        assert site.hook_name in organism.transformer.hook_dict
         assert cfg["d_in"] == organism.cfg.d_model
         assert cfg["normalize_activations"] == "none"
 

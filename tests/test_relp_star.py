@@ -9,11 +9,11 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from circuits import attribute
+from circuits.forward import Targets, forward, resid_pre, valid_positions
 from circuits.lrp_rules import rule_hooks
 from circuits.methods import atp_star, column, relp_star
 from circuits.methods.base import Options
-from circuits.nodes import node_sites, site_delta
-from circuits.runs import Targets, resid_pre, run, valid_positions
+from circuits.nodes import site_delta
 from saes import SplicedModel
 from tasks import sva
 from tasks.pairs import Dataset
@@ -67,7 +67,7 @@ def _patched_pattern(model, data, layer, point, new, p):
         return x
 
     with torch.no_grad():
-        model.model.run_with_hooks(data.clean_tokens, fwd_hooks=[
+        model.transformer.run_with_hooks(data.clean_tokens, fwd_hooks=[
             (point, put), (f"blocks.{layer}.attn.hook_pattern", keep)])
     return store["A"]
 
@@ -82,10 +82,10 @@ def test_qk_terms_equal_the_models_own_pattern_change(gemma, data, layer, site_n
     site = gemma.site(site_name)
     record = list(names.values()) + [site.hook_name]
     targets = Targets.of(data)
-    value, acts = run(gemma, data.clean_tokens, targets, record=record, grad=True)
+    value, acts = forward(gemma, data.clean_tokens, targets, record=record, grad=True)
     (grad_pattern,) = torch.autograd.grad(value.sum(), acts[names["pattern"]])
     acts = {k: v.detach() for k, v in acts.items()}
-    _, patch = run(gemma, data.patch_tokens, targets, record=[site.hook_name])
+    _, patch = forward(gemma, data.patch_tokens, targets, record=[site.hook_name])
     r = acts[names["resid"]]
     q, k = atp_star.clean_qk(gemma, layer, r)
     checked = 0
@@ -109,7 +109,7 @@ def test_qk_terms_equal_the_models_own_pattern_change(gemma, data, layer, site_n
             return x
 
         with torch.no_grad():
-            gemma.model.run_with_hooks(data.clean_tokens, fwd_hooks=[
+            gemma.transformer.run_with_hooks(data.clean_tokens, fwd_hooks=[
                 (resid_pre(layer), add), (attn + "hook_rot_q", keep), (attn + "hook_rot_k", keep)],
                 stop_at_layer=layer + 1)
         expected = torch.zeros(len(data))
@@ -127,15 +127,16 @@ def test_qk_terms_are_the_metric_change_where_only_the_softmax_is_nonlinear(neox
     query (key) term of a node is exactly metric(q_p (k_p) as the patched model computes it)
     - metric(clean); this is far from the linear estimate for a saturated softmax."""
     model = gemma_like(neox_tokenizer, layers=1, attn_only=True, post_norms=False, seed=3)
-    model.model.ln_final = torch.nn.Identity()
+    model.transformer.ln_final = torch.nn.Identity()
     data = model.tokenize(sva.generate("across_rc", 4, seed=5, tokenizer=model.tokenizer))
     targets = Targets.of(data)
     names, attn = atp_star.attn_names(0), "blocks.0.attn."
     points = [attn + "hook_rot_q", attn + "hook_rot_k"]
-    value, acts = run(model, data.clean_tokens, targets, record=list(names.values()), grad=True)
+    value, acts = forward(model, data.clean_tokens, targets, record=list(names.values()), grad=True)
     (grad_pattern,) = torch.autograd.grad(value.sum(), acts[names["pattern"]])
     acts = {k: v.detach() for k, v in acts.items()}
-    _, patch = run(model, data.patch_tokens, targets, record=["blocks.0.hook_resid_pre"] + points)
+    record = ["blocks.0.hook_resid_pre"] + points
+    _, patch = forward(model, data.patch_tokens, targets, record=record)
     site = model.site("embed")
     r = acts[names["resid"]]
     base = value.detach()
@@ -153,7 +154,7 @@ def test_qk_terms_are_the_metric_change_where_only_the_softmax_is_nonlinear(neox
                 x[:, p] = patch[point][:, p]
                 return x
 
-            patched, _ = run(model, data.clean_tokens, targets, hooks=[(point, put)])
+            patched, _ = forward(model, data.clean_tokens, targets, hooks=[(point, put)])
             expected += patched - base
         if delta.rest.abs().max() > 0:
             assert expected.abs().max() > 1e-4
@@ -168,7 +169,7 @@ def test_relp_star_without_attention_effect_is_relp(neox_tokenizer, data):
     model = gemma_like(neox_tokenizer)
     real = scores(model, data, "relp*")
     with torch.no_grad():
-        for block in model.model.blocks:
+        for block in model.transformer.blocks:
             block.attn.W_Q.zero_()
             block.attn._W_K.zero_()
     star, relp = scores(model, data, "relp*"), scores(model, data, "relp")
@@ -200,17 +201,17 @@ def test_relp_star_terms_are_the_difference_from_relp_with_ah(gemma, data):
     # the QK terms, from the helpers, per site
     n_layers = gemma.cfg.n_layers
     names = [atp_star.attn_names(a) for a in range(n_layers)]
-    sites = node_sites(gemma)
+    sites = gemma.node_sites
     leaves: dict[str, torch.Tensor] = {}
-    hooks = rule_hooks(gemma.model, rules) + [
+    hooks = rule_hooks(gemma.transformer, rules) + [
         (n["pattern"], relp_star.pattern_leaf_hook(leaves)) for n in names]
     record = [s.hook_name for s in sites] + [n[k] for n in names for k in ("resid", "scores")]
     targets = Targets.of(data)
-    value, acts = run(gemma, data.clean_tokens, targets, record=record, hooks=hooks, grad=True)
+    value, acts = forward(gemma, data.clean_tokens, targets, record=record, hooks=hooks, grad=True)
     patterns = [leaves[n["pattern"]] for n in names]
     grad_pattern = torch.autograd.grad(value.sum(), patterns, allow_unused=True)
     acts = {k: v.detach() for k, v in acts.items()}
-    _, patch = run(gemma, data.patch_tokens, targets, record=[s.hook_name for s in sites])
+    _, patch = forward(gemma, data.patch_tokens, targets, record=[s.hook_name for s in sites])
     valid = valid_positions(data, data.seq_len)
     for site in sites:
         delta = site_delta(gemma, site, acts[site.hook_name], patch[site.hook_name], valid)
@@ -291,10 +292,10 @@ def test_column_is_exact_for_one_attention_layer(neox_tokenizer):
     """One layer whose MLP writes 0, no norm after the attention: every node's effect is its
     column plus one attention hop followed by linear maps, so column patching equals exact."""
     model = gemma_like(neox_tokenizer, layers=1, post_norms=False, seed=3)
-    model.model.ln_final = torch.nn.Identity()
+    model.transformer.ln_final = torch.nn.Identity()
     with torch.no_grad():
-        model.model.blocks[0].mlp.W_out.zero_()
-        model.model.blocks[0].mlp.b_out.zero_()
+        model.transformer.blocks[0].mlp.W_out.zero_()
+        model.transformer.blocks[0].mlp.b_out.zero_()
     data = model.tokenize(sva.generate("across_rc", 4, seed=5, tokenizer=model.tokenizer))
     col = dict(column.column_patching(model, data, Options(), budget=None))
     exact, relp = scores(model, data, "exact"), scores(model, data, "relp*")

@@ -29,11 +29,11 @@ def test_splice_is_not_a_no_op(tiny: SplicedModel):
 
 def test_upstream_gradient_equals_plain(tiny: SplicedModel):
     def embedding_grad(spliced: bool) -> torch.Tensor:
-        tiny.model.zero_grad()
+        tiny.transformer.zero_grad()
         logits = tiny.logits(TOKENS, spliced=spliced)
         logits[:, -1, :50].sum().backward()
-        grad = tiny.model.embed.W_E.grad.clone()
-        tiny.model.zero_grad()
+        grad = tiny.transformer.embed.W_E.grad.clone()
+        tiny.transformer.zero_grad()
         return grad
 
     plain, spliced = embedding_grad(False), embedding_grad(True)
@@ -44,9 +44,9 @@ def test_upstream_gradient_equals_plain(tiny: SplicedModel):
 def test_features_plus_error_reproduce_activation(tiny: SplicedModel):
     record: dict[str, SiteNodes] = {}
     with tiny.spliced(record=record):
-        _, cache = tiny.model.run_with_cache(TOKENS)
+        _, cache = tiny.transformer.run_with_cache(TOKENS)
     # run_with_cache stores each hook point's output after the splice; compare to the plain run
-    _, plain = tiny.model.run_with_cache(TOKENS)
+    _, plain = tiny.transformer.run_with_cache(TOKENS)
     for name, nodes in record.items():
         site = tiny.site(name)
         dictionary = tiny.dictionaries[name]
@@ -62,7 +62,7 @@ def test_node_gradients_follow_the_decoder(tiny: SplicedModel):
     """Gradient at the features = W_dec · gradient at the error node (both are copies)."""
     record: dict[str, SiteNodes] = {}
     with tiny.spliced(record=record):
-        logits = tiny.model(TOKENS)
+        logits = tiny.transformer(TOKENS)
         for nodes in record.values():
             nodes.features.retain_grad()
             nodes.error.retain_grad()
@@ -93,14 +93,15 @@ def test_edit_patches_a_feature(tiny: SplicedModel):
         x[:, -1] += delta
         return x
 
-    expected = tiny.model.run_with_hooks(TOKENS, fwd_hooks=[(site.hook_name, add)])
+    expected = tiny.transformer.run_with_hooks(TOKENS, fwd_hooks=[(site.hook_name, add)])
     torch.testing.assert_close(edited, expected, atol=1e-5, rtol=0)
 
 
 def test_width_mismatch_names_site_and_fix(tiny: SplicedModel):
     wrong = Dictionary.identity_of(tiny.cfg.d_model + 1)
     with pytest.raises(ValueError, match=r"site attn_0 has d_in=33 but the site has width 32"):
-        SplicedModel(tiny.model, {"attn_0": wrong}, name="tiny", family="neox", prepend_bos=False)
+        SplicedModel(tiny.transformer, {"attn_0": wrong}, name="tiny", family="neox",
+                     prepend_bos=False)
 
 
 def test_unknown_site(tiny: SplicedModel):
@@ -113,7 +114,7 @@ def test_unknown_site(tiny: SplicedModel):
 
 def test_identity_dictionary_has_zero_error(tiny: SplicedModel):
     neurons = SplicedModel(
-        tiny.model,
+        tiny.transformer,
         {s.name: Dictionary.identity_of(tiny.cfg.d_model) for s in tiny.sites},
         name="tiny",
         family="neox",

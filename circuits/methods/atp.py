@@ -17,9 +17,9 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
+from circuits.forward import Hook, Targets, forward, valid_positions
 from circuits.methods.base import Options, SiteScores
-from circuits.nodes import linear_scores, node_sites, site_delta
-from circuits.runs import Hook, Targets, run, valid_positions
+from circuits.nodes import linear_scores, site_delta
 from saes.splice import SplicedModel
 from tasks.pairs import Dataset
 
@@ -29,7 +29,7 @@ def clean_gradients(
 ) -> tuple[dict[str, Tensor], dict[str, Tensor | None]]:
     """Clean activations and ∂(Σ metric)/∂activation at hook points, with extra hooks active
     during the forward pass (e.g. LRP rules, which change the backward only)."""
-    value, acts = run(
+    value, acts = forward(
         model, batch.clean_tokens, Targets.of(batch), record=names, hooks=hooks, grad=True
     )
     grads = torch.autograd.grad(value.sum(), [acts[n] for n in names], allow_unused=True)
@@ -40,10 +40,10 @@ def attribution_patching(
     model: SplicedModel, batch: Dataset, options: Options, hooks: Sequence[Hook] = ()
 ) -> Iterator[tuple[str, Tensor]]:
     """AtP scores per site [b, pos, n_nodes]; ``hooks`` change the clean backward (RelP)."""
-    sites = node_sites(model)
+    sites = model.node_sites
     names = [s.hook_name for s in sites]
     clean, grads = clean_gradients(model, batch, names, hooks)
-    _, patch = run(model, batch.patch_tokens, Targets.of(batch), record=names)
+    _, patch = forward(model, batch.patch_tokens, Targets.of(batch), record=names)
     valid = valid_positions(batch, batch.clean_tokens.shape[1])
     for site in sites:
         name = site.hook_name

@@ -50,16 +50,15 @@ import torch
 from torch import Tensor
 from transformer_lens.utilities.activation_functions import apply_softcap
 
+from circuits.forward import Targets, forward, resid_pre, valid_positions
 from circuits.methods.base import Options, SiteScores
 from circuits.nodes import (
     SiteDelta,
     linear_scores,
     moved_nodes,
-    node_sites,
     node_vectors,
     site_delta,
 )
-from circuits.runs import Targets, resid_pre, run, valid_positions
 from saes.sites import Site
 from saes.splice import SplicedModel
 from tasks.pairs import Dataset
@@ -100,7 +99,7 @@ def variant_estimates(
     layer l itself (attn_l, mlp_l) get exactly 0, QK terms included: the gradient into them is
     gated, and so is every path through them to a later attention layer."""
     n_layers = model.cfg.n_layers
-    sites = node_sites(model)
+    sites = model.node_sites
     qk_layers = list(range(n_layers)) if qk_fix and qk_supported(model) else []
     names = {a: attn_names(a) for a in qk_layers}
     record = [s.hook_name for s in sites] + [n for a in qk_layers for n in names[a].values()]
@@ -111,7 +110,7 @@ def variant_estimates(
         for point in ("hook_attn_out", "hook_mlp_out")
     ]
     targets = Targets.of(batch)
-    value, acts = run(model, batch.clean_tokens, targets, record=record, hooks=hooks, grad=True)
+    value, acts = forward(model, batch.clean_tokens, targets, record=record, hooks=hooks, grad=True)
     wanted = [s.hook_name for s in sites] + [
         names[a][k] for a in qk_layers for k in ("scores", "pattern")
     ]
@@ -134,7 +133,7 @@ def variant_estimates(
         for g in grads
     ]
 
-    _, patch = run(model, batch.patch_tokens, targets, record=[s.hook_name for s in sites])
+    _, patch = forward(model, batch.patch_tokens, targets, record=[s.hook_name for s in sites])
     valid = valid_positions(batch, batch.clean_tokens.shape[1])
     for site in sites:
         name = site.hook_name
@@ -162,7 +161,7 @@ def variant_estimates(
 def qk_supported(model: SplicedModel, method: str = "atp*", fallback: str = "GradDrop only"
                  ) -> bool:
     """Whether the QK fix's recomputation matches this model's attention; warns if not."""
-    cfg = model.model.cfg
+    cfg = model.transformer.cfg
     problems = [
         what for what, bad in (
             ("full-vector QK-norm", cfg.original_architecture in (
@@ -227,8 +226,8 @@ def queries_keys(model: SplicedModel, layer: int, r: Tensor, pos: Tensor) -> tup
     ln1, the projections, per-head QK-norm, clipping and the layer's rotary embedding (its own
     base: Gemma's local and global layers differ), as transformer_lens's attention computes them.
     """
-    cfg = model.model.cfg
-    block = model.model.blocks[layer]
+    cfg = model.transformer.cfg
+    block = model.transformer.blocks[layer]
     attn = block.attn
     x = block.ln1(r)
     q = torch.einsum("...d,hde->...he", x, attn.W_Q) + attn.b_Q  # [..., h, dh]
@@ -248,8 +247,8 @@ def queries_keys(model: SplicedModel, layer: int, r: Tensor, pos: Tensor) -> tup
 
 def _rotate(model: SplicedModel, layer: int, x: Tensor, pos: Tensor) -> Tensor:
     """Rotary embedding of x [..., h, d_head] at positions pos [...]."""
-    attn = model.model.blocks[layer].attn
-    rd = model.model.cfg.rotary_dim
+    attn = model.transformer.blocks[layer].attn
+    rd = model.transformer.cfg.rotary_dim
     x_rot, x_pass = x[..., :rd], x[..., rd:]
     cos = attn.rotary_cos[pos].unsqueeze(-2).to(x.dtype)  # [..., 1, rd]
     sin = attn.rotary_sin[pos].unsqueeze(-2).to(x.dtype)
@@ -258,8 +257,8 @@ def _rotate(model: SplicedModel, layer: int, x: Tensor, pos: Tensor) -> Tensor:
 
 def scaled_scores(model: SplicedModel, layer: int, raw: Tensor) -> Tensor:
     """Scaled and soft-capped query·key dot products (before masks and position biases)."""
-    attn = model.model.blocks[layer].attn
-    return apply_softcap(raw / attn.attn_scale, model.model.cfg.attn_scores_soft_cap)
+    attn = model.transformer.blocks[layer].attn
+    return apply_softcap(raw / attn.attn_scale, model.transformer.cfg.attn_scores_soft_cap)
 
 
 def clean_qk(model: SplicedModel, layer: int, r: Tensor) -> tuple[Tensor, Tensor]:

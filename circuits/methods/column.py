@@ -33,6 +33,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
+from circuits.forward import Entry, Targets, entry, forward, metric, valid_positions
 from circuits.lrp_rules import rule_hooks, rules_for
 from circuits.methods.atp_star import (
     attn_names,
@@ -42,8 +43,7 @@ from circuits.methods.atp_star import (
     scaled_scores,
 )
 from circuits.methods.base import Options, SiteScores
-from circuits.nodes import SiteDelta, moved_nodes, node_sites, node_vectors, site_delta
-from circuits.runs import Entry, Targets, entry, metric, run, valid_positions
+from circuits.nodes import SiteDelta, moved_nodes, node_vectors, site_delta
 from saes.sites import Site
 from saes.splice import SplicedModel
 from tasks.pairs import Dataset
@@ -81,10 +81,10 @@ def column_patching(
         raise ValueError(f"method 'column' cannot recompute the attention of {model.name!r} "
                          "(see the warning); use 'relp' or 'exact'")
     n_layers = cfg.n_layers
-    sites = node_sites(model)
+    sites = model.node_sites
     rules = column_rules(model, options.rules)
     names = {a: attn_names(a) for a in range(n_layers)}
-    hooks = rule_hooks(model.model, rules) + [
+    hooks = rule_hooks(model.transformer, rules) + [
         (names[a]["pattern"], _detach_hook) for a in range(n_layers) if frozen_patterns
     ]
     z_names = [f"blocks.{a}.attn.hook_z" for a in range(n_layers)]
@@ -94,7 +94,7 @@ def column_patching(
         names[a][k] for a in range(n_layers) for k in ("resid", "scores")
     ] + [f"blocks.{a}.attn.hook_v" for a in range(n_layers)]
     targets = Targets.of(batch)
-    base, acts = run(model, batch.clean_tokens, targets, record=record, hooks=hooks, grad=True)
+    base, acts = forward(model, batch.clean_tokens, targets, record=record, hooks=hooks, grad=True)
     linear_tail = depth is not None or budget is not None
     wanted = z_names + ([names[a]["resid"] for a in range(n_layers)] if linear_tail else [])
     grads = torch.autograd.grad(base.sum(), [acts[n] for n in wanted], allow_unused=True)
@@ -105,7 +105,7 @@ def column_patching(
     base = base.detach()
     clean = [_Clean.of(model, a, acts, names[a], grad_z[a]) for a in range(n_layers)]
 
-    _, patch = run(model, batch.patch_tokens, targets, record=[s.hook_name for s in sites])
+    _, patch = forward(model, batch.patch_tokens, targets, record=[s.hook_name for s in sites])
     seq = batch.clean_tokens.shape[1]
     valid = valid_positions(batch, seq)
     last = batch.lengths.to(valid.device) - 1  # [b] the metric's position
@@ -232,7 +232,7 @@ def _column_block(
 ) -> tuple[Tensor, Tensor]:
     """Block a on the columns x [c, d] (position p [c] of example b [c]): (the columns after
     the block [c, d], the hop term of the other rows [c])."""
-    block = model.model.blocks[a]
+    block = model.transformer.blocks[a]
     attn = block.attn
     q_new, k_new = queries_keys(model, a, x, p)  # [c, h, dh]
     v_new = _values(model, a, x)  # [c, h, dh]
@@ -277,7 +277,7 @@ def _column_block(
 
 def _values(model: SplicedModel, a: int, x: Tensor) -> Tensor:
     """Values [c, h, dh] (GQA heads repeated) of block a from residual inputs x [c, d]."""
-    block = model.model.blocks[a]
+    block = model.transformer.blocks[a]
     attn = block.attn
     grouped = hasattr(attn, "repeat_kv_heads") and not model.cfg.ungroup_grouped_query_attention
     W_V, b_V = (attn._W_V, attn._b_V) if grouped else (attn.W_V, attn.b_V)
@@ -289,7 +289,7 @@ def _values(model: SplicedModel, a: int, x: Tensor) -> Tensor:
 
 def _mlp_out(model: SplicedModel, a: int, x: Tensor) -> Tensor:
     """Block a's MLP contribution (hook_mlp_out) from the residual it reads, [c, d]."""
-    block = model.model.blocks[a]
+    block = model.transformer.blocks[a]
     out = block.mlp(block.ln2(x)[:, None])[:, 0]
     if model.cfg.use_normalization_before_and_after:
         out = block.ln2_post(out)

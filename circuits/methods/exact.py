@@ -8,7 +8,7 @@ is replaced by its patch-run value (adds Δx[b, p]). Downstream dictionaries nee
 splice is the identity in the forward pass. Nodes with Δ = 0 have effect exactly 0 and are
 skipped; ``candidates`` restricts which nodes are patched. Patched copies of clean examples are
 stacked ``exact_batch`` at a time and run from the site's layer on the cached clean residual
-stream, from the first block the patch can change (circuits/runs.py `entry`). For aggregation
+stream, from the first block the patch can change (circuits/forward.py `entry`). For aggregation
 "sum", the score is the sum over positions of per-position effects. Cost: one forward (from
 after the site) per moved node.
 """
@@ -19,20 +19,20 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from circuits.forward import Entry, Targets, entry, forward, valid_positions
 from circuits.methods.base import Options, SiteScores
-from circuits.nodes import moved_nodes, node_sites, node_vectors, site_delta
-from circuits.runs import Entry, Targets, entry, run, valid_positions
+from circuits.nodes import moved_nodes, node_vectors, site_delta
 from saes.splice import SplicedModel
 from tasks.pairs import Dataset
 
 
 def score_batch(model: SplicedModel, batch: Dataset, options: Options) -> SiteScores:
-    sites = node_sites(model)
+    sites = model.node_sites
     entries = {s.name: entry(model, s) for s in sites}
     names = [s.hook_name for s in sites] + [e.resid for e in entries.values()]
     targets = Targets.of(batch)
-    base, clean = run(model, batch.clean_tokens, targets, record=names)  # base: [b]
-    _, patch = run(model, batch.patch_tokens, targets, record=[s.hook_name for s in sites])
+    base, clean = forward(model, batch.clean_tokens, targets, record=names)  # base: [b]
+    _, patch = forward(model, batch.patch_tokens, targets, record=[s.hook_name for s in sites])
     seq = batch.clean_tokens.shape[1]
     valid = valid_positions(batch, seq)
     candidates = options.candidates
@@ -70,8 +70,8 @@ def _patched_metric(
         return x
 
     if enter.hook is None:
-        value, _ = run(model, add(resid), targets, start_at_layer=enter.start)
+        value, _ = forward(model, add(resid), targets, start_at_layer=enter.start)
     else:
-        value, _ = run(model, resid, targets, hooks=[(enter.hook, add)],
+        value, _ = forward(model, resid, targets, hooks=[(enter.hook, add)],
                        start_at_layer=enter.start)
     return value

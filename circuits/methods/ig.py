@@ -10,7 +10,7 @@ Interpolating x is interpolating features and error together, decode being affin
 fundamental theorem of calculus the scores of a site sum (over all its nodes and positions) to
 metric(x_s := x_patch) - metric(clean), up to the midpoint rule's O(1/steps²) error.
 The steps sit in the batch dimension; each site's forward pass starts after the site, from the
-cached clean residual stream (circuits/runs.py `entry`). Cost: ~steps × sites × (forward +
+cached clean residual stream (circuits/forward.py `entry`). Cost: ~steps × sites × (forward +
 backward of the layers after the site) per batch.
 """
 
@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from circuits.forward import Entry, Targets, entry, forward, valid_positions
 from circuits.methods.base import Options, SiteScores
-from circuits.nodes import linear_scores, node_sites, site_delta
-from circuits.runs import Entry, Targets, entry, run, valid_positions
+from circuits.nodes import linear_scores, site_delta
 from saes.splice import SplicedModel
 from tasks.pairs import Dataset
 
@@ -47,26 +47,26 @@ def site_gradient(
     targets = Targets.of(batch).repeat(steps)
     if enter.hook is None:  # the site's change is a change of the residual stream entering
         path = (resid[None] + step).flatten(0, 1).requires_grad_(True)  # [steps * b, seq, d]
-        value, _ = run(model, path, targets, start_at_layer=enter.start, grad=True)
+        value, _ = forward(model, path, targets, start_at_layer=enter.start, grad=True)
     else:
         path = (x_clean[None] + step).flatten(0, 1).requires_grad_(True)
 
         def replace(x: Tensor, hook) -> Tensor:
             return path
 
-        value, _ = run(model, resid.repeat(steps, 1, 1), targets, hooks=[(enter.hook, replace)],
+        value, _ = forward(model, resid.repeat(steps, 1, 1), targets, hooks=[(enter.hook, replace)],
                        start_at_layer=enter.start, grad=True)
     (grad,) = torch.autograd.grad(value.sum(), path)
     return grad.view(steps, b, *grad.shape[1:]).mean(0)
 
 
 def score_batch(model: SplicedModel, batch: Dataset, options: Options) -> SiteScores:
-    sites = node_sites(model)
+    sites = model.node_sites
     entries = {s.name: entry(model, s) for s in sites}
     names = [s.hook_name for s in sites] + [e.resid for e in entries.values()]
     targets = Targets.of(batch)
-    _, clean = run(model, batch.clean_tokens, targets, record=names)
-    _, patch = run(model, batch.patch_tokens, targets, record=[s.hook_name for s in sites])
+    _, clean = forward(model, batch.clean_tokens, targets, record=names)
+    _, patch = forward(model, batch.patch_tokens, targets, record=[s.hook_name for s in sites])
     valid = valid_positions(batch, batch.clean_tokens.shape[1])
     for site in sites:
         name, enter = site.hook_name, entries[site.name]

@@ -23,4 +23,4 @@ from tasks.pairs import Dataset
 
 def score_batch(model: SplicedModel, batch: Dataset, options: Options) -> SiteScores:
     rules = rules_for(model, options.rules)
-    return attribution_patching(model, batch, options, hooks=rule_hooks(model.model, rules))
+    return attribution_patching(model, batch, options, hooks=rule_hooks(model.transformer, rules))

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from circuits.forward import Targets, forward, valid_positions
 from circuits.lrp_rules import rule_hooks, rules_for
 from circuits.methods.atp_star import (
     SOFTMAX_BUDGET,
@@ -36,8 +37,7 @@ from circuits.methods.atp_star import (
     qk_supported,
 )
 from circuits.methods.base import Options, SiteScores
-from circuits.nodes import linear_scores, moved_nodes, node_sites, node_vectors, site_delta
-from circuits.runs import Targets, run, valid_positions
+from circuits.nodes import linear_scores, moved_nodes, node_vectors, site_delta
 from saes.splice import SplicedModel
 from tasks.pairs import Dataset
 
@@ -51,21 +51,21 @@ def relp_star(
 ) -> Iterator[tuple[str, Tensor]]:
     """RelP* scores per site [b, pos, n_nodes]; qk_fix=False gives RelP with the AH rule."""
     n_layers = model.cfg.n_layers
-    sites = node_sites(model)
+    sites = model.node_sites
     rules = tuple(r for r in rules_for(model, options.rules) if r != "ah")  # AH: leaves below
     qk_layers = (
         list(range(n_layers)) if qk_fix and qk_supported(model, "relp*", "RelP + AH") else []
     )
     names = {a: attn_names(a) for a in range(n_layers)}
     leaves: dict[str, Tensor] = {}  # hook_pattern -> the leaf the rest of the forward uses
-    hooks = rule_hooks(model.model, rules) + [
+    hooks = rule_hooks(model.transformer, rules) + [
         (names[a]["pattern"], pattern_leaf_hook(leaves)) for a in range(n_layers)
     ]
     record = [s.hook_name for s in sites] + [
         names[a][k] for a in qk_layers for k in ("resid", "scores")
     ]
     targets = Targets.of(batch)
-    value, acts = run(model, batch.clean_tokens, targets, record=record, hooks=hooks, grad=True)
+    value, acts = forward(model, batch.clean_tokens, targets, record=record, hooks=hooks, grad=True)
     site_names = [s.hook_name for s in sites]
     patterns = [names[a]["pattern"] for a in qk_layers]
     grads = torch.autograd.grad(
@@ -76,7 +76,7 @@ def relp_star(
     acts = {n: t.detach() for n, t in acts.items()}
     qk = {a: clean_qk(model, a, acts[names[a]["resid"]]) for a in qk_layers}
 
-    _, patch = run(model, batch.patch_tokens, targets, record=site_names)
+    _, patch = forward(model, batch.patch_tokens, targets, record=site_names)
     valid = valid_positions(batch, batch.clean_tokens.shape[1])
     deltas = [site_delta(model, s, acts[s.hook_name], patch[s.hook_name], valid) for s in sites]
     out = [linear_scores(model, d, grad[s.hook_name]) for s, d in zip(sites, deltas, strict=True)]

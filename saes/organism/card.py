@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from saes.load import ORGANISM_DIR, load
+from saes.loader import ORGANISM_DIR, load
 from saes.organism import metrics
 from saes.organism.data import HELDOUT_SEED_OFFSET, token_rows
 
@@ -67,7 +67,7 @@ def measure(*, limit: int | None = None, heldout_rows: int = 500) -> dict:
             "rotary_dim": cfg.rotary_dim,
             "d_mlp": cfg.d_mlp,
             "vocab": cfg.d_vocab,
-            "parameters": sum(p.numel() for p in model.model.parameters()),
+            "parameters": sum(p.numel() for p in model.transformer.parameters()),
         },
         "training": training,
         "heldout_loss": stats[0].loss_clean if stats else None,

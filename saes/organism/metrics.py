@@ -75,7 +75,9 @@ def subject_attention(
     last = data.lengths - 1  # [n]
     rows = torch.arange(len(data))
     names = {f"blocks.{layer}.attn.hook_pattern" for layer in range(cfg.n_layers)}
-    _, cache = model.model.run_with_cache(data.clean_tokens, names_filter=lambda n: n in names)
+    _, cache = model.transformer.run_with_cache(
+        data.clean_tokens, names_filter=lambda n: n in names
+    )
     scores = []
     for layer in range(cfg.n_layers):
         pattern = cache[f"blocks.{layer}.attn.hook_pattern"]  # [n, head, query, key]
@@ -89,7 +91,7 @@ def subject_attention(
             z[:, :, head] = z[:, :, head].mean(0, keepdim=True)
             return z
 
-        logits = model.model.run_with_hooks(
+        logits = model.transformer.run_with_hooks(
             data.clean_tokens, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", ablate)]
         )
         out.append(
@@ -136,7 +138,7 @@ def dictionary_stats(
     hooks = {s.hook_name: s.name for s in model.spliced_sites}
     clean_parts, acts = [], {name: [] for name in hooks.values()}
     for part in rows.split(batch):
-        logits, cache = model.model.run_with_cache(part, names_filter=lambda n: n in hooks)
+        logits, cache = model.transformer.run_with_cache(part, names_filter=lambda n: n in hooks)
         clean_parts.append(_loss(logits, part) * len(part))
         for hook_name, name in hooks.items():
             acts[name].append(cache[hook_name].flatten(0, 1))
@@ -151,7 +153,8 @@ def dictionary_stats(
         zero_hook = [(site.hook_name, lambda act, hook: torch.zeros_like(act))]
         zero, no_error = 0.0, 0.0
         for part in rows.split(batch):
-            zero += _loss(model.model.run_with_hooks(part, fwd_hooks=zero_hook), part) * len(part)
+            zeroed = model.transformer.run_with_hooks(part, fwd_hooks=zero_hook)
+            zero += _loss(zeroed, part) * len(part)
             no_error += _loss(model.logits(part, edit=_no_error, sites=[site.name]), part) * len(
                 part
             )

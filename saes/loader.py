@@ -94,10 +94,10 @@ def _with_neurons(bare: SplicedModel, sites: list[str] | None) -> SplicedModel:
     else:
         names = [site_by_name(bare.cfg, n).name for n in sites]
     d_model = bare.cfg.d_model
-    dicts = {n: Dictionary.identity_of(d_model).to(dtype=bare.model.cfg.dtype) for n in names}
+    dicts = {n: Dictionary.identity_of(d_model).to(dtype=bare.transformer.cfg.dtype) for n in names}
     # its own name: scores and circuits of neurons never pass for the SAE model's
     return SplicedModel(
-        bare.model, dicts, name=f"{bare.name}+neurons", family=bare.family,
+        bare.transformer, dicts, name=f"{bare.name}+neurons", family=bare.family,
         prepend_bos=bare.prepend_bos,
     )
 

@@ -51,7 +51,7 @@ class Targets:
 def metric(model: SplicedModel, resid: Tensor, targets: Targets) -> Tensor:
     """logit[patch] - logit[clean] at the last real position from the final residual stream
     [b, seq, d] (before the final norm), [b]."""
-    tl = model.model
+    tl = model.transformer
     rows = torch.arange(resid.shape[0], device=resid.device)
     last = resid[rows, targets.lengths.to(resid.device) - 1][:, None]  # [b, 1, d]
     if tl.cfg.normalization_type is not None:
@@ -115,7 +115,7 @@ def recorder(names: Sequence[str], store: dict[str, Tensor]) -> list[Hook]:
     return [(name, hook) for name in dict.fromkeys(names)]
 
 
-def run(
+def forward(
     model: SplicedModel,
     inputs: Tensor,
     targets: Targets,
@@ -127,7 +127,7 @@ def run(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Run the plain model on tokens [b, seq] (or a residual [b, seq, d] with start_at_layer),
     recording hooks first and then ``hooks``; returns (metric [b], records)."""
-    tl = model.model
+    tl = model.transformer
     store: dict[str, Tensor] = {}
     final = f"blocks.{tl.cfg.n_layers - 1}.hook_resid_post"
     out: dict[str, Tensor] = {}
