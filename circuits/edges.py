@@ -53,14 +53,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from circuits.forward import Hook, Targets, entry, forward, resid_pre, valid_positions
+from circuits.forward import Hook, Targets, entry, forward, valid_positions
 from circuits.lrp_rules import rule_hooks, rules_for
 from circuits.methods.atp import clean_gradients
 from circuits.methods.ig import site_gradient
 from circuits.nodes import SiteDelta, linear_scores, sparse_decode
 from circuits.scores import read_tensors, write_tensors
 from saes.dictionary import Dictionary
-from saes.sites import Site, upstream
+from saes.sites import Site, attn_out, resid_mid, resid_pre, upstream
 from saes.splice import SplicedModel
 from tasks.pairs import Dataset, PromptPair
 
@@ -335,7 +335,7 @@ def _site_states(
     layers = model.cfg.n_layers
     inputs = [resid_pre(layer) for layer in range(layers)]
     if not model.cfg.parallel_attn_mlp:
-        inputs += [f"blocks.{layer}.hook_resid_mid" for layer in range(layers)]
+        inputs += [resid_mid(layer) for layer in range(layers)]
     targets = Targets.of(batch)
     if method == "ig":
         entries = {s.name: entry(model, s) for s in plan.sites}
@@ -461,21 +461,20 @@ class _Block:
         mid_leaf: dict[str, Tensor] = {}
 
         def keep(x: Tensor, hook) -> Tensor:
-            out[hook.name.split(".")[-1]] = x
+            out["attn"] = x
             return x
 
         def cut_mid(x: Tensor, hook) -> Tensor:  # mlp reads attn only through the attn site
             mid_leaf["x"] = x.detach().requires_grad_(True)
             return mid_leaf["x"]
 
-        prefix = f"blocks.{layer}."
-        fwd = list(hooks) + [(prefix + "hook_attn_out", keep)]
+        fwd = list(hooks) + [(attn_out(layer), keep)]
         if not self.parallel:
-            fwd.append((prefix + "hook_resid_mid", cut_mid))
+            fwd.append((resid_mid(layer), cut_mid))
         with torch.enable_grad(), tl.hooks(fwd_hooks=fwd):
             tl.blocks[layer](self.pre)
         self.tl, self.block, self.hooks = tl, tl.blocks[layer], list(hooks)
-        self.attn = out["hook_attn_out"]
+        self.attn = out["attn"]
         self.mlp_in = self.pre if self.parallel else mid_leaf["x"]
 
     def vjp(self, down: Site, v: Tensor) -> Tensor:

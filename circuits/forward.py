@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from transformer_lens.utilities.activation_functions import apply_softcap
 
-from saes.sites import Site
+from saes.sites import Site, final_resid, resid_post, resid_pre
 from saes.splice import SplicedModel
 from tasks.pairs import Dataset
 
@@ -91,11 +91,7 @@ def entry(model: SplicedModel, site: Site) -> Entry:
         return Entry(0, site.hook_name, None)
     if site.kind == "attn" and not cfg.parallel_attn_mlp:
         return Entry(site.layer, resid_pre(site.layer), site.hook_name)
-    return Entry(site.layer + 1, f"blocks.{site.layer}.hook_resid_post", None)
-
-
-def resid_pre(layer: int) -> str:
-    return f"blocks.{layer}.hook_resid_pre"
+    return Entry(site.layer + 1, resid_post(site.layer), None)
 
 
 def recorder(names: Sequence[str], store: dict[str, Tensor]) -> list[Hook]:
@@ -129,7 +125,7 @@ def forward(
     recording hooks first and then ``hooks``; returns (metric [b], records)."""
     tl = model.transformer
     store: dict[str, Tensor] = {}
-    final = f"blocks.{tl.cfg.n_layers - 1}.hook_resid_post"
+    final = final_resid(tl.cfg)
     out: dict[str, Tensor] = {}
 
     def keep_final(x: Tensor, hook) -> Tensor:

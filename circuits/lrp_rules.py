@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from saes.sites import mlp_point
 from saes.splice import SplicedModel
 
 RULES: dict[str, str] = {
@@ -130,24 +131,24 @@ def _mlp_hooks(
 ) -> list[Hook]:
     """Hooks at blocks.L.mlp: capture the pre-activation (and up projection), rewrite post."""
     seen: dict[str, Tensor] = {}
-    prefix = f"blocks.{layer}.mlp."
+    pre_name, up_name = mlp_point(layer, "pre"), mlp_point(layer, "pre_linear")
 
     def capture(x: Tensor, hook) -> Tensor:
         seen[hook.name] = x
         return x
 
     def post_hook(post: Tensor, hook) -> Tensor:
-        pre = seen[prefix + "hook_pre"]  # [b, pos, d_mlp] (the gate, in a gated MLP)
+        pre = seen[pre_name]  # [b, pos, d_mlp] (the gate, in a gated MLP)
         if not gated:  # identity rule: z = pre · act(pre)/pre
             return keep_value(post, pre * _ratio(pre, post.detach(), act_fn))
-        up = seen[prefix + "hook_pre_linear"]  # [b, pos, d_mlp]
+        up = seen[up_name]  # [b, pos, d_mlp]
         a = act_fn(pre.detach())  # the activation's value
         a_grad = pre * _ratio(pre, a, act_fn) if identity else act_fn(pre)  # its gradient path
         w = 0.5 if half else 1.0
         z = w * a_grad * up.detach() + w * a * up
         return keep_value(post, z)
 
-    hooks = [(prefix + "hook_pre", capture), (prefix + "hook_post", post_hook)]
+    hooks = [(pre_name, capture), (mlp_point(layer, "post"), post_hook)]
     if gated:
-        hooks.insert(1, (prefix + "hook_pre_linear", capture))
+        hooks.insert(1, (up_name, capture))
     return hooks

@@ -32,7 +32,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.utilities.activation_functions import apply_softcap
 
-from saes.sites import Site
+from saes.sites import Site, final_resid
 from saes.splice import SplicedModel
 from tasks.metrics import logit_diff
 from tasks.pairs import Dataset, PromptPair
@@ -263,7 +263,7 @@ def _metric(
     copies = tokens.shape[0] // len(batch)
     lengths = batch.lengths.repeat(copies)  # [rows]
     out: dict[str, Tensor] = {}
-    final = f"blocks.{tl.cfg.n_layers - 1}.hook_resid_post"
+    final = final_resid(tl.cfg)
 
     def keep_final(x: Tensor, hook) -> Tensor:
         out["resid"] = x

@@ -25,10 +25,52 @@ class Site:
 
     @property
     def hook_name(self) -> str:
+        """The transformer_lens hook point whose activation this site's dictionary reads."""
         if self.kind == "embed":
-            return "blocks.0.hook_resid_pre"
-        suffix = {"attn": "hook_attn_out", "mlp": "hook_mlp_out", "resid": "hook_resid_post"}
-        return f"blocks.{self.layer}.{suffix[self.kind]}"
+            return resid_pre(0)
+        return {"attn": attn_out, "mlp": mlp_out, "resid": resid_post}[self.kind](self.layer)
+
+
+# ---- transformer_lens hook point names (spelled here only) ------------------------------------
+def resid_pre(layer: int) -> str:
+    """The residual stream entering block ``layer`` [b, pos, d_model]."""
+    return f"blocks.{layer}.hook_resid_pre"
+
+
+def resid_mid(layer: int) -> str:
+    """The residual stream between attention and MLP of a sequential block."""
+    return f"blocks.{layer}.hook_resid_mid"
+
+
+def resid_post(layer: int) -> str:
+    """The residual stream leaving block ``layer``."""
+    return f"blocks.{layer}.hook_resid_post"
+
+
+def final_resid(cfg: HookedTransformerConfig) -> str:
+    """The residual stream the final norm and unembedding read."""
+    return resid_post(cfg.n_layers - 1)
+
+
+def attn_out(layer: int) -> str:
+    """The attention sublayer's output (after W_O) [b, pos, d_model]."""
+    return f"blocks.{layer}.hook_attn_out"
+
+
+def mlp_out(layer: int) -> str:
+    """The MLP sublayer's output [b, pos, d_model]."""
+    return f"blocks.{layer}.hook_mlp_out"
+
+
+def attn_point(layer: int, point: str) -> str:
+    """A hook point inside attention: "q", "k", "v", "z" [b, pos, heads, d_head], "attn_scores"
+    (pre-softmax, masked) or "pattern" [b, heads, pos, pos]."""
+    return f"blocks.{layer}.attn.hook_{point}"
+
+
+def mlp_point(layer: int, point: str) -> str:
+    """A hook point inside the MLP: "pre" (the gate in a gated MLP), "pre_linear", "post"."""
+    return f"blocks.{layer}.mlp.hook_{point}"
 
 
 def all_sites(cfg: HookedTransformerConfig) -> list[Site]:

@@ -11,7 +11,7 @@ from circuits import EdgeScores, attribute, attribute_edges, select_nodes
 from circuits.edges import METRIC, structure
 from circuits.lrp_rules import rule_hooks, rules_for
 from saes import Dictionary, SplicedModel
-from saes.sites import all_sites
+from saes.sites import all_sites, resid_pre
 from saes.splice import SiteNodes
 from tasks import logit_diff, sva
 from tasks.pairs import Dataset
@@ -266,7 +266,7 @@ def two_node_effect(model, data, up, u, down, d, alpha: float) -> float:
     """Patch node u by alpha·Δu, let it move node d through the direct path only (the other
     sites of the block held clean), patch d alone by that move, and read the metric's change
     (all paths from d to the metric), averaged over examples."""
-    from circuits.forward import Targets, entry, forward, resid_pre, valid_positions
+    from circuits.forward import Targets, entry, forward, valid_positions
     from circuits.nodes import site_delta, sparse_decode
 
     targets = Targets.of(data)

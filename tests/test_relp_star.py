@@ -9,12 +9,13 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from circuits import attribute
-from circuits.forward import Targets, forward, resid_pre, valid_positions
+from circuits.forward import Targets, forward, valid_positions
 from circuits.lrp_rules import rule_hooks
 from circuits.methods import atp_star, column, relp_star
 from circuits.methods.base import Options
 from circuits.nodes import site_delta
 from saes import SplicedModel
+from saes.sites import resid_pre
 from tasks import sva
 from tasks.pairs import Dataset
 

@@ -50,7 +50,7 @@ import torch
 from torch import Tensor
 from transformer_lens.utilities.activation_functions import apply_softcap
 
-from circuits.forward import Targets, forward, resid_pre, valid_positions
+from circuits.forward import Targets, forward, valid_positions
 from circuits.methods.base import Options, SiteScores
 from circuits.nodes import (
     SiteDelta,
@@ -59,7 +59,7 @@ from circuits.nodes import (
     node_vectors,
     site_delta,
 )
-from saes.sites import Site
+from saes.sites import Site, resid_pre
 from saes.splice import SplicedModel
 from tasks.pairs import Dataset
 

@@ -44,7 +44,7 @@ from circuits.methods.atp_star import (
 )
 from circuits.methods.base import Options, SiteScores
 from circuits.nodes import SiteDelta, moved_nodes, node_vectors, site_delta
-from saes.sites import Site
+from saes.sites import Site, attn_point, resid_mid
 from saes.splice import SplicedModel
 from tasks.pairs import Dataset
 
@@ -87,12 +87,12 @@ def column_patching(
     hooks = rule_hooks(model.transformer, rules) + [
         (names[a]["pattern"], _detach_hook) for a in range(n_layers) if frozen_patterns
     ]
-    z_names = [f"blocks.{a}.attn.hook_z" for a in range(n_layers)]
+    z_names = [attn_point(a, "z") for a in range(n_layers)]
     entries = {s.name: entry(model, s) for s in sites}
-    mids = [f"blocks.{e.start}.hook_resid_mid" for e in entries.values() if e.hook is not None]
+    mids = [resid_mid(e.start) for e in entries.values() if e.hook is not None]
     record = [s.hook_name for s in sites] + z_names + mids + [
         names[a][k] for a in range(n_layers) for k in ("resid", "scores")
-    ] + [f"blocks.{a}.attn.hook_v" for a in range(n_layers)]
+    ] + [attn_point(a, "v") for a in range(n_layers)]
     targets = Targets.of(batch)
     base, acts = forward(model, batch.clean_tokens, targets, record=record, hooks=hooks, grad=True)
     linear_tail = depth is not None or budget is not None
@@ -135,7 +135,7 @@ def column_patching(
                 x[mine] = acts[enter.resid][b[mine], p[mine]] + vec
                 first[mine] = enter.start
             else:  # attn_L of a sequential block: enters resid_mid of block L
-                mid = acts[f"blocks.{enter.start}.hook_resid_mid"][b[mine], p[mine]] + vec
+                mid = acts[resid_mid(enter.start)][b[mine], p[mine]] + vec
                 x[mine] = _mlp_part(model, enter.start, mid)
                 first[mine] = enter.start + 1
         # [c] the block each column stops before (then scored linearly, or at the metric)
@@ -195,7 +195,7 @@ def _sizes(
     for site, delta, (b, p, _, row) in zip(sites, deltas, moved, strict=True):
         enter = entries[site.name]
         resid = acts[enter.resid if enter.hook is None
-                     else f"blocks.{enter.start}.hook_resid_mid"]
+                     else resid_mid(enter.start)]
         first = enter.start if enter.hook is None else enter.start + 1
         for start in range(0, len(b), NODE_CHUNK):
             sl = slice(start, start + NODE_CHUNK)
@@ -220,9 +220,9 @@ class _Clean:
     def of(cls, model: SplicedModel, layer: int, acts: dict[str, Tensor], names: dict[str, str],
            grad_z: Tensor) -> _Clean:
         q, k = clean_qk(model, layer, acts[names["resid"]])
-        v = acts[f"blocks.{layer}.attn.hook_v"]
+        v = acts[attn_point(layer, "v")]
         v = v.repeat_interleave(q.shape[2] // v.shape[2], dim=2)
-        return cls(q, k, v, acts[names["scores"]], acts[f"blocks.{layer}.attn.hook_z"],
+        return cls(q, k, v, acts[names["scores"]], acts[attn_point(layer, "z")],
                    grad_z.detach())
 
 
