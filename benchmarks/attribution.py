@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from circuits import attribute  # noqa: E402
+from circuits.methods import method  # noqa: E402
 from evaluation.agreement import POOLED, agreement, agreement_table  # noqa: E402
 from saes import SplicedModel, load  # noqa: E402
 from tasks import sva  # noqa: E402
@@ -97,7 +98,7 @@ def agreement_markdown(model: SplicedModel, data: Dataset, args) -> str:
     positions): the same table as `circuits compare`."""
     def scores(method: str):
         return attribute(model, data, method, aggregation="sum", batch_size=args.batch_size,
-                         steps=args.steps, exact_batch=args.exact_batch, progress=args.progress)
+                         progress=args.progress, **own_options(method, args))
 
     exact = scores("exact")
     df = agreement({m: scores(m) for m in ("atp", "atp*", "ig", "relp")}, exact, by="site")
@@ -106,11 +107,17 @@ def agreement_markdown(model: SplicedModel, data: Dataset, args) -> str:
     return agreement_table(df) + f"\n\nNodes compared (pooled): {counts}."
 
 
+def own_options(name: str, args) -> dict:
+    """The method's own options among --steps and --exact-batch."""
+    given = {"steps": args.steps, "exact_batch": args.exact_batch}
+    return {k: v for k, v in given.items() if k in method(name).option_names}
+
+
 def timed(model: SplicedModel, data: Dataset, method: str, args) -> tuple[float, float]:
     """(wall, CPU) seconds of one attribute() call."""
     wall, cpu = time.perf_counter(), time.process_time()
-    attribute(model, data, method, batch_size=args.batch_size, steps=args.steps,
-              exact_batch=args.exact_batch, progress=args.progress)
+    attribute(model, data, method, batch_size=args.batch_size, progress=args.progress,
+              **own_options(method, args))
     if model.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - wall, time.process_time() - cpu
@@ -118,7 +125,7 @@ def timed(model: SplicedModel, data: Dataset, method: str, args) -> tuple[float,
 
 def child_measure(model: SplicedModel, data: Dataset, method: str, args) -> dict[str, float]:
     """In a fresh process: peak memory (and time) of one run after a warm-up."""
-    attribute(model, data.subset([0, 1]), method, steps=2, progress=False)  # warm-up
+    attribute(model, data.subset([0, 1]), method, progress=False)  # warm-up
     with PeakMemory(model.device) as memory:
         wall, cpu = timed(model, data, method, args)
     return {"peak": memory.peak, "wall": wall, "cpu": cpu}

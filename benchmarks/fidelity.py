@@ -126,8 +126,8 @@ def timed(fn: Callable[[], dict[str, torch.Tensor]]) -> tuple[dict[str, torch.Te
 def scores(model: SplicedModel, data: Dataset, variant: Variant, args) -> dict[str, torch.Tensor]:
     result = attribute(
         model, data, variant.method, aggregation="none", per_example=True,
-        batch_size=args.batch_size, rules=variant.rules, exact_batch=args.exact_batch,
-        progress=False,
+        batch_size=args.batch_size, rules=variant.rules,
+        exact_batch=args.exact_batch if variant.method == "exact" else None, progress=False,
     )
     return result.sites
 

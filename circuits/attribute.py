@@ -20,53 +20,49 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from circuits.lrp_rules import rules_for
-from circuits.methods import METHODS, Options
-from circuits.methods.column import column_rules
-from circuits.scores import AGGREGATIONS, Scores
+from circuits.methods import RuledOptions
+from circuits.methods import method as method_record
+from circuits.scores import Scores
+from circuits.types import AGGREGATIONS, Aggregation, check_choice
 from saes.splice import SplicedModel
 from tasks.pairs import Dataset, PromptPair
 
 log = logging.getLogger(__name__)
-
-RULED = ("relp", "relp*", "column")  # methods that take LRP rules (rules=)
-
 
 def attribute(
     model: SplicedModel,
     data: Dataset | Sequence[PromptPair],
     method: str,
     *,
-    aggregation: str = "sum",
+    aggregation: Aggregation = "sum",
     per_example: bool = False,
     batch_size: int = 32,
-    steps: int = 10,
+    steps: int | None = None,
     rules: Sequence[str] | None = None,
     candidates: Mapping[str, Tensor] | None = None,
-    exact_batch: int = 256,
+    exact_batch: int | None = None,
     progress: bool = True,
 ) -> Scores:
     """Node scores of ``method`` (one of METHODS) for ``model`` on ``data``.
 
     aggregation: "sum" over positions -> [n_nodes] per site, or "none" -> [pos, n_nodes].
     per_example: keep a leading [n_examples] axis instead of the mean over examples.
-    steps: interpolation steps of "ig". rules: LRP rule names for relp, relp*, column (None: the
-    model family's set; () is plain AtP; column never applies "ah" and Scores.options records
-    the rules without it). candidates: site -> bool mask [n_nodes] /
-    [pos, n_nodes] or index tensor of nodes to score (sites left out score 0; "exact" patches
-    only these).
-    exact_batch: patched copies per forward pass for "exact".
+    Options of one method each (None: its default; giving one to another method is an error):
+    steps: interpolation steps of "ig" (10). rules: LRP rule names for relp, relp*, column
+    (None: the model family's set; () is plain AtP; column never applies "ah" and
+    Scores.options records the rules without it). exact_batch: patched copies per forward
+    pass for "exact" (256).
+    candidates: site -> bool mask [n_nodes] / [pos, n_nodes] or index tensor of nodes to score
+    (sites left out score 0; "exact" and "column" compute only these).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {aggregation!r}; use one of {AGGREGATIONS}")
+    spec = method_record(method)
+    check_choice("aggregation", aggregation, AGGREGATIONS)
     for name, value in (("batch_size", batch_size), ("steps", steps), ("exact_batch", exact_batch)):
-        if not isinstance(value, int) or value < 1:
+        if value is not None and (not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if rules is not None and method not in RULED:
-        raise ValueError(f"rules= applies to methods {', '.join(map(repr, RULED))} only, "
-                         f"not {method!r}; drop rules=")
+    if isinstance(rules, str):
+        raise ValueError(f"rules must be a sequence of rule names, got the string {rules!r}; "
+                         f"e.g. rules=({rules!r},)")
     data = model.tokenize(data if isinstance(data, Dataset) else list(data))
     if len(data) == 0:
         raise ValueError("the dataset is empty; pass at least one prompt pair")
@@ -76,19 +72,13 @@ def attribute(
             f"aggregation='none' needs prompts of one token length; got lengths "
             f"{set(lengths)}; use aggregation='sum' or a construction with fixed length"
         )
-    spec = METHODS[method]
-    seq = data.seq_len
-    options = Options(
-        steps=steps,
-        rules=None if rules is None else tuple(rules),
-        candidates=_candidate_masks(model, candidates, seq),
-        exact_batch=exact_batch,
-        progress=progress,
+    options = spec.make_options(
+        steps=steps, rules=None if rules is None else tuple(rules), exact_batch=exact_batch,
+        candidates=_candidate_masks(model, candidates, data.seq_len), progress=progress,
     )
-    if method in RULED:  # resolve the family's rule set; fail before the first batch
-        resolved = (column_rules(model, options.rules) if method == "column"  # never AH
-                    else rules_for(model, options.rules))
-        options = dataclasses.replace(options, rules=resolved)
+    if spec.resolve_rules is not None:  # the rules applied, checked before the first batch
+        assert isinstance(options, RuledOptions)
+        options = dataclasses.replace(options, rules=spec.resolve_rules(model, options.rules))
 
     sites = model.node_sites
     device = model.device
@@ -99,7 +89,7 @@ def attribute(
     for batch in tqdm(data.batches(batch_size), total=n_batches, desc=f"attribute {method}",
                       disable=not progress):
         batch = batch.to(device)
-        for name, scores in spec.fn(model, batch, options):  # [b, pos, n_nodes]
+        for name, scores in spec.score_batch(model, batch, options):  # [b, pos, n_nodes]
             scores = scores.detach()
             if options.candidates is not None:
                 scores = scores * options.candidates[name]
@@ -121,9 +111,9 @@ def attribute(
         per_example=per_example,
         sites=result,
         n_examples=len(data),
-        bare=not model.dictionaries,
+        components_only=model.components_only,
         signed=spec.signed,
-        options=_json_options(method, options),
+        options=options.to_json(),
     )
 
 
@@ -166,14 +156,3 @@ def _candidate_masks(
                 mask[index] = True
         masks[name] = mask.to(model.device)
     return masks
-
-
-def _json_options(method: str, options: Options) -> dict:
-    out: dict = {}
-    if method == "ig":
-        out["steps"] = options.steps
-    if method in RULED:
-        out["rules"] = list(options.rules or ())
-    if options.candidates is not None:
-        out["candidates"] = True
-    return out

@@ -194,7 +194,7 @@ def build(
         n_nodes = values.shape[-1]
         for flat in mask.flatten().nonzero()[:, 0].tolist():
             pos, index = divmod(flat, n_nodes) if per_position else (None, flat)
-            node_id, kind = _node_id(site, index, pos, n_nodes, scores.bare)
+            node_id, kind = _node_id(site, index, pos, n_nodes, scores.components_only)
             graph.add_node(
                 node_id, site=site, layer=layer, row=row, kind=kind, index=index,
                 feature=index if kind == "feature" else None, position=pos,
@@ -204,9 +204,9 @@ def build(
         graph.add_node(METRIC, site=METRIC, layer=None, row=len(order), kind="metric",
                        index=None, feature=None, position=None, effect=None)
         for up, u_flat, down, d_flat, w in edges.edges():
-            source = _flat_id(up, u_flat, edges.shapes[up], scores.bare)
+            source = _flat_id(up, u_flat, edges.shapes[up], scores.components_only)
             target = METRIC if down == METRIC else _flat_id(down, d_flat, edges.shapes[down],
-                                                             scores.bare)
+                                                             scores.components_only)
             if source not in graph or target not in graph:
                 continue  # edges computed for a larger selection
             if edge_threshold is None or abs(w) >= edge_threshold:
@@ -214,7 +214,7 @@ def build(
     meta = {
         "method": scores.method, "model": scores.model, "aggregation": scores.aggregation,
         "node_threshold": node_threshold, "top_k": top_k, "edge_threshold": edge_threshold,
-        "n_examples": scores.n_examples, "signed": scores.signed, "bare": scores.bare,
+        "n_examples": scores.n_examples, "signed": scores.signed, "bare": scores.components_only,
         "options": dict(scores.options), "edges": edges is not None,
         "edge_method": None if edges is None else edges.method,
         "tokens": tokens, "sites": order,
@@ -229,7 +229,7 @@ def _aggregate(scores: Scores, aggregation: str | None) -> Scores:
     if aggregation == "sum" and scores.aggregation == "none":
         return Scores(scores.method, scores.model, "sum", False,
                       {k: v.sum(0) for k, v in scores.sites.items()}, scores.n_examples,
-                      scores.bare, scores.signed, dict(scores.options))
+                      scores.components_only, scores.signed, dict(scores.options))
     raise ValueError(f"cannot build a circuit with aggregation {aggregation!r} from scores with "
                      f"aggregation {scores.aggregation!r}; attribute with aggregation="
                      f"{aggregation!r}")

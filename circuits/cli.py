@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from circuits.attribute import RULED, attribute
+from circuits.attribute import attribute
 from circuits.circuit import Circuit, build, default_node_threshold
 from circuits.edges import EDGE_METHODS, attribute_edges
 from circuits.methods import METHODS
@@ -184,7 +184,7 @@ def method_kwargs(method: str, args: argparse.Namespace) -> dict:
     kwargs: dict = {"batch_size": args.batch_size, "progress": not args.quiet}
     if method == "ig":
         kwargs["steps"] = args.steps
-    if method in RULED and args.rules is not None:
+    if METHODS[method].takes_rules and args.rules is not None:
         kwargs["rules"] = rules_arg(args.rules)
     return kwargs
 

@@ -23,7 +23,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-AGGREGATIONS = ("sum", "none")
+from circuits.types import AGGREGATIONS, Aggregation, check_choice
+
 _HEADER_KEY = "circuits.scores"
 
 
@@ -33,33 +34,35 @@ class Scores:
 
     method: str
     model: str  # the SplicedModel's name
-    aggregation: str  # "sum" or "none"
+    aggregation: Aggregation
     per_example: bool
     sites: dict[str, Tensor]  # site name -> [n_examples?, pos?, n_nodes]
     n_examples: int
-    bare: bool = False  # True: nodes are whole components (n_nodes = 1), no dictionaries
+    components_only: bool = False  # True: no dictionaries, a site's one node is the component
     signed: bool = True  # False for methods that score magnitudes only (atp*)
     options: dict[str, Any] = field(default_factory=dict)  # method options (JSON-able)
 
     def __post_init__(self) -> None:
-        if self.aggregation not in AGGREGATIONS:
-            raise ValueError(
-                f"unknown aggregation {self.aggregation!r}; use one of {AGGREGATIONS}"
-            )
+        check_choice("aggregation", self.aggregation, AGGREGATIONS)
 
     # ---- views -------------------------------------------------------------------------------
     def n_nodes(self, site: str) -> int:
         return self._get(site).shape[-1]
 
+    def error_index(self, site: str) -> int:
+        """Index of the site's error node (its last node; a bare site's one node is the
+        component)."""
+        return self.n_nodes(site) - 1
+
     def features(self, site: str) -> Tensor:
         """Scores of the feature nodes of a spliced site: [..., d_sae]."""
-        if self.bare:
+        if self.components_only:
             raise ValueError("these scores are of a bare model (components, no features)")
         return self._get(site)[..., :-1]
 
     def error(self, site: str) -> Tensor:
         """Scores of the error node of a spliced site: [...] (the last node)."""
-        if self.bare:
+        if self.components_only:
             raise ValueError("these scores are of a bare model (components, no error nodes)")
         return self._get(site)[..., -1]
 
@@ -71,8 +74,8 @@ class Scores:
     def to(self, device: torch.device | str) -> Scores:
         return Scores(
             self.method, self.model, self.aggregation, self.per_example,
-            {k: v.to(device) for k, v in self.sites.items()}, self.n_examples, self.bare,
-            self.signed, dict(self.options),
+            {k: v.to(device) for k, v in self.sites.items()}, self.n_examples,
+            self.components_only, self.signed, dict(self.options),
         )
 
     def __repr__(self) -> str:
@@ -92,7 +95,7 @@ class Scores:
             "aggregation": self.aggregation,
             "per_example": self.per_example,
             "n_examples": self.n_examples,
-            "bare": self.bare,
+            "components_only": self.components_only,
             "signed": self.signed,
             "options": self.options,
             "site_order": list(self.sites),
@@ -110,7 +113,7 @@ class Scores:
             per_example=meta["per_example"],
             sites=sites,
             n_examples=meta["n_examples"],
-            bare=meta["bare"],
+            components_only=meta.get("components_only", meta.get("bare", False)),
             signed=meta["signed"],
             options=meta["options"],
         )

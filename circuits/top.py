@@ -42,8 +42,8 @@ def top_nodes(scores: Scores, k: int = 20) -> list[RankedNode]:
                     node=node,
                     position=position if values.dim() == 2 else None,
                     score=float(flat[index]),
-                    is_error=not scores.bare and node == n_nodes - 1,
-                    is_component=scores.bare,
+                    is_error=not scores.components_only and node == n_nodes - 1,
+                    is_component=scores.components_only,
                 )
             )
     ranked.sort(key=lambda r: -abs(r.score))

@@ -12,7 +12,8 @@ from evaluation.agreement import agreement, agreement_table, pearson
 
 
 def scores(method: str, sites: dict[str, torch.Tensor], signed: bool = True) -> Scores:
-    return Scores(method, "toy", "none", False, sites, n_examples=4, bare=True, signed=signed)
+    return Scores(method, "toy", "none", False, sites, n_examples=4, components_only=True,
+                  signed=signed)
 
 
 def test_pearson_matches_numpy_and_is_nan_when_undefined():
@@ -52,6 +53,6 @@ def test_nodes_that_never_move_are_left_out():
 
 def test_mismatched_scores_are_refused():
     exact = scores("exact", {"resid_0": torch.ones(3, 1)})
-    other = Scores("atp", "toy", "sum", False, {"resid_0": torch.ones(1)}, 4, bare=True)
+    other = Scores("atp", "toy", "sum", False, {"resid_0": torch.ones(1)}, 4, components_only=True)
     with pytest.raises(ValueError, match="do not match the exact scores"):
         agreement({"atp": other}, exact)

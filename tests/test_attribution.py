@@ -316,9 +316,11 @@ def test_every_registered_method_runs(nodes, tiny, bare, data: Dataset):
     model = tiny if nodes == "features" else bare
     width = 65 if nodes == "features" else 1
     for name in METHODS:
-        result = attribute(model, data.subset([0, 1]), name, steps=2, progress=False)
+        result = attribute(model, data.subset([0, 1]), name, steps=2 if name == "ig" else None,
+                           progress=False)
         assert set(result.sites) == {s.name for s in model.node_sites}
-        assert result.bare == (nodes == "components") and result.signed == (name != "atp*")
+        assert result.components_only == (nodes == "components")
+        assert result.signed == (name != "atp*")
         assert all(s.shape == (width,) and torch.isfinite(s).all() for s in result.sites.values())
 
 
@@ -330,7 +332,7 @@ def test_every_registered_method_runs(nodes, tiny, bare, data: Dataset):
         ({"method": "atp", "candidates": {"mlp_9": torch.tensor([0])}},
          "unknown site(s) ['mlp_9']"),
         ({"method": "atp", "rules": ("ln",)},
-         "rules= applies to methods 'relp', 'relp*', 'column' only"),
+         "rules= is not an option of method 'atp'"),
         ({"method": "relp", "rules": ("lnn",)}, "unknown LRP rule(s) ['lnn']"),
         ({"method": "atp", "aggregation": "mean"}, "unknown aggregation 'mean'"),
     ],

@@ -12,7 +12,7 @@ from circuits import attribute
 from circuits.forward import Targets, forward, valid_positions
 from circuits.lrp_rules import rule_hooks
 from circuits.methods import atp_star, column, relp_star
-from circuits.methods.base import Options
+from circuits.methods.base import Options, RuledOptions
 from circuits.nodes import site_delta
 from saes import SplicedModel
 from saes.sites import resid_pre
@@ -182,7 +182,7 @@ def test_relp_star_without_attention_effect_is_relp(neox_tokenizer, data):
 def test_relp_star_without_qk_fix_is_relp_with_the_ah_rule(gemma, data):
     """Patterns as leaves of the forward (RelP*'s way) = the AH rule's detach (lrp_rules)."""
     for rules in [(), ("ln", "identity", "half")]:
-        options = Options(rules=rules)
+        options = RuledOptions(rules=rules)
         off = dict(relp_star.relp_star(gemma, data, options, qk_fix=False))
         ah = scores(gemma, data, "relp", rules=(*rules, "ah"))
         for name in ah:
@@ -280,7 +280,7 @@ def test_column_is_exact_at_the_metric_position(kind, gemma, neox_tokenizer):
     else:
         model = tiny_spliced(neox_tokenizer, parallel=False, seed=2)
     data = model.tokenize(sva.generate("within_rc", 3, seed=1, tokenizer=model.tokenizer))
-    col = dict(column.column_patching(model, data, Options(), budget=None))
+    col = dict(column.column_patching(model, data, RuledOptions(), budget=None))
     exact = scores(model, data, "exact")
     last = data.seq_len - 1
     for name in exact:
@@ -298,7 +298,7 @@ def test_column_is_exact_for_one_attention_layer(neox_tokenizer):
         model.transformer.blocks[0].mlp.W_out.zero_()
         model.transformer.blocks[0].mlp.b_out.zero_()
     data = model.tokenize(sva.generate("across_rc", 4, seed=5, tokenizer=model.tokenizer))
-    col = dict(column.column_patching(model, data, Options(), budget=None))
+    col = dict(column.column_patching(model, data, RuledOptions(), budget=None))
     exact, relp = scores(model, data, "exact"), scores(model, data, "relp*")
     assert exact["embed"][:, :-1].abs().max() > 1e-3  # hops, not only the metric's position
     for name in exact:
@@ -312,7 +312,7 @@ def test_column_of_depth_zero_is_relp(gemma, data, frozen):
     (with the AH rule when patterns are frozen), at every site entering the residual stream
     between blocks (not the last block's, nor attn_L of a sequential block: its column runs
     block L's MLP first)."""
-    col = dict(column.column_patching(gemma, data, Options(), depth=0, frozen_patterns=frozen))
+    col = dict(column.column_patching(gemma, data, RuledOptions(), depth=0, frozen_patterns=frozen))
     rules = ("ln", "identity", "half") + (("ah",) if frozen else ())
     relp = scores(gemma, data, "relp", rules=rules)
     for name in ("embed", "mlp_0", "resid_0"):
@@ -323,11 +323,11 @@ def test_column_of_depth_zero_is_relp(gemma, data, frozen):
 def test_column_budget_follows_the_largest_nodes_first(gemma, data):
     """An unlimited budget follows every column; budget 0 follows only the columns that run
     no block (depth 0 for the rest); in between, registered 'column' differs from both."""
-    full = dict(column.column_patching(gemma, data, Options(), budget=None))
-    huge = dict(column.column_patching(gemma, data, Options(), budget=1e9))
-    none = dict(column.column_patching(gemma, data, Options(), budget=0.0))
-    zero = dict(column.column_patching(gemma, data, Options(), depth=0))
-    some = dict(column.column_patching(gemma, data, Options(), budget=0.5))
+    full = dict(column.column_patching(gemma, data, RuledOptions(), budget=None))
+    huge = dict(column.column_patching(gemma, data, RuledOptions(), budget=1e9))
+    none = dict(column.column_patching(gemma, data, RuledOptions(), budget=0.0))
+    zero = dict(column.column_patching(gemma, data, RuledOptions(), depth=0))
+    some = dict(column.column_patching(gemma, data, RuledOptions(), budget=0.5))
     for name in full:
         torch.testing.assert_close(huge[name], full[name], atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(none[name], zero[name], atol=1e-6, rtol=1e-5)

@@ -8,9 +8,9 @@ from circuits.scores import Scores
 from circuits.top import top_nodes
 
 
-def scores(sites: dict[str, torch.Tensor], bare: bool = False) -> Scores:
+def scores(sites: dict[str, torch.Tensor], components_only: bool = False) -> Scores:
     return Scores("atp", "toy", "sum" if next(iter(sites.values())).dim() == 1 else "none",
-                  False, sites, n_examples=1, bare=bare)
+                  False, sites, n_examples=1, components_only=components_only)
 
 
 def test_ranked_by_magnitude_across_sites_with_error_nodes_named():
@@ -22,5 +22,6 @@ def test_ranked_by_magnitude_across_sites_with_error_nodes_named():
 
 
 def test_components_of_a_bare_model_per_position():
-    ranked = top_nodes(scores({"attn_3": torch.tensor([[0.5], [-4.0]])}, bare=True), k=1)
+    sites = {"attn_3": torch.tensor([[0.5], [-4.0]])}
+    ranked = top_nodes(scores(sites, components_only=True), k=1)
     assert ranked[0].label == "attn_3 @ pos 1" and ranked[0].is_component
