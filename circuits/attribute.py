@@ -20,9 +20,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from circuits.context import AttributionContext
 from circuits.methods import RuledOptions
 from circuits.methods import method as method_record
 from circuits.scores import Scores
+from circuits.select import check_selection
 from circuits.types import AGGREGATIONS, Aggregation, check_choice
 from saes.splice import SplicedModel
 from tasks.pairs import Dataset, PromptPair
@@ -74,7 +76,9 @@ def attribute(
         )
     options = spec.make_options(
         steps=steps, rules=None if rules is None else tuple(rules), exact_batch=exact_batch,
-        candidates=_candidate_masks(model, candidates, data.seq_len), progress=progress,
+        candidates=None if candidates is None else check_selection(
+            model, candidates, data.seq_len, partial=True, what="candidates"),
+        progress=progress,
     )
     if spec.resolve_rules is not None:  # the rules applied, checked before the first batch
         assert isinstance(options, RuledOptions)
@@ -89,7 +93,8 @@ def attribute(
     for batch in tqdm(data.batches(batch_size), total=n_batches, desc=f"attribute {method}",
                       disable=not progress):
         batch = batch.to(device)
-        for name, scores in spec.score_batch(model, batch, options):  # [b, pos, n_nodes]
+        ctx = AttributionContext(model, batch)
+        for name, scores in spec.score_batch(ctx, options):  # [b, pos, n_nodes]
             scores = scores.detach()
             if options.candidates is not None:
                 scores = scores * options.candidates[name]
@@ -115,44 +120,3 @@ def attribute(
         signed=spec.signed,
         options=options.to_json(),
     )
-
-
-def _candidate_masks(
-    model: SplicedModel, candidates: Mapping[str, Tensor] | None, seq: int
-) -> dict[str, Tensor] | None:
-    """site -> bool mask [n_nodes] or [pos, n_nodes] on the model's device (absent: none)."""
-    if candidates is None:
-        return None
-    sites = {s.name: s for s in model.node_sites}
-    unknown = [name for name in candidates if name not in sites]
-    if unknown:
-        raise ValueError(
-            f"candidates name unknown site(s) {unknown}; this model's scored sites are "
-            f"{list(sites)}"
-        )
-    masks = {}
-    for name, site in sites.items():
-        size = model.n_nodes(site)
-        given = candidates.get(name)
-        if given is None:
-            mask = torch.zeros(size, dtype=torch.bool)
-        else:
-            given = torch.as_tensor(given)
-            if given.dtype == torch.bool:
-                if given.shape not in ((size,), (seq, size)):
-                    raise ValueError(
-                        f"candidates[{name!r}] has shape {tuple(given.shape)}; a bool mask must "
-                        f"be [n_nodes]=[{size}] or [pos, n_nodes]=[{seq}, {size}]"
-                    )
-                mask = given
-            else:
-                index = given.long().flatten()
-                if len(index) and (index.min() < 0 or index.max() >= size):
-                    raise ValueError(
-                        f"candidates[{name!r}] indexes nodes outside 0..{size - 1} "
-                        f"(site {name} has {size} nodes, the last one the error node)"
-                    )
-                mask = torch.zeros(size, dtype=torch.bool)
-                mask[index] = True
-        masks[name] = mask.to(model.device)
-    return masks

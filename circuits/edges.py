@@ -41,10 +41,11 @@ into resid and mlp sites only from the same position, into attn sites from any e
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,20 +54,22 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from circuits.forward import Hook, Targets, entry, forward, valid_positions
+from circuits.context import AttributionContext
+from circuits.forward import Hook
 from circuits.lrp_rules import rule_hooks, rules_for
-from circuits.methods.atp import clean_gradients
+from circuits.methods import EDGE_METHODS, IGOptions, Options, RuledOptions  # noqa: F401
+from circuits.methods import method as method_record
 from circuits.methods.ig import site_gradient
-from circuits.nodes import SiteDelta, linear_scores, sparse_decode
+from circuits.nodes import SiteDelta, linear_scores
 from circuits.scores import read_tensors, write_tensors
-from saes.dictionary import Dictionary
+from circuits.select import Selection, check_selection
+from circuits.types import Aggregation
 from saes.sites import Site, attn_out, resid_mid, resid_pre, upstream
 from saes.splice import SplicedModel
 from tasks.pairs import Dataset, PromptPair
 
 log = logging.getLogger(__name__)
 
-EDGE_METHODS = ("atp", "ig", "relp")
 METRIC = "metric"  # the name of the metric node and of its pseudo-site
 CHUNK_FLOATS = 1 << 23  # floats of a [N, b, pos, d] cotangent chunk (32 MB)
 _HEADER_KEY = "circuits.edges"
@@ -85,7 +88,7 @@ class EdgeScores:
 
     method: str
     model: str
-    aggregation: str  # "sum" or "none"
+    aggregation: Aggregation
     n_examples: int
     shapes: dict[str, tuple[int, ...]]  # site -> score shape of the site
     nodes: dict[str, Tensor]  # site -> long [n_selected]
@@ -147,17 +150,17 @@ class EdgeScores:
         )
 
 
-# ---- the structure ---------------------------------------------------------------------------
+# ---- the site graph --------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Structure:
-    """Which sites feed which, read from the model config."""
+class SiteGraph:
+    """Which node sites feed which, read from the model config."""
 
     sites: list[Site]  # node sites, forward order
     upstream: dict[str, list[Site]]  # downstream site name -> its upstream node sites
     last: list[Site]  # sites the metric reads directly
 
 
-def structure(model: SplicedModel) -> Structure:
+def site_graph(model: SplicedModel) -> SiteGraph:
     sites = model.node_sites
     names = {s.name for s in sites}
     if model.dictionaries and len(names) != len(model.sites):
@@ -169,7 +172,7 @@ def structure(model: SplicedModel) -> Structure:
         )
     ups = {s.name: [u for u in upstream(model.cfg, s) if u.name in names] for s in sites}
     fed = {u.name for us in ups.values() for u in us}
-    return Structure(sites, ups, [s for s in sites if s.name not in fed])
+    return SiteGraph(sites, ups, [s for s in sites if s.name not in fed])
 
 
 # ---- the computation -------------------------------------------------------------------------
@@ -177,142 +180,137 @@ def attribute_edges(
     model: SplicedModel,
     data: Dataset | Sequence[PromptPair],
     method: str,
-    selection: dict[str, Tensor],
+    selection: Mapping[str, Tensor],
     *,
     batch_size: int = 32,
-    steps: int = 10,
+    steps: int | None = None,
     rules: Sequence[str] | None = None,
     progress: bool = True,
 ) -> EdgeScores:
     """Edge weights among the nodes of ``selection`` (site -> bool mask shaped like that site's
-    scores, e.g. from ``select_nodes``), plus each selected node of the last sites → metric.
+    scores, e.g. from ``select_nodes``; a site left out has no selected nodes), plus each
+    selected node of the last sites → metric.
 
-    method: "atp", "ig" (``steps`` interpolation steps) or "relp" (``rules``: LRP rule names,
-    None: the model family's set). Masks of shape [n_nodes] give position-summed edges, masks of
-    shape [pos, n_nodes] edges per position pair (prompts of one token length).
+    method: any registered method; its edges are computed by the method its record names
+    (``METHODS[method].edges``: atp for atp, exact and atp*; ig for ig, with ``steps``
+    interpolation steps; relp for relp, relp* and column, with ``rules``: LRP rule names, None:
+    the model family's set). EdgeScores.method says which definition was used. Masks of shape
+    [n_nodes] give position-summed edges, masks of shape [pos, n_nodes] edges per position pair
+    (prompts of one token length).
     """
-    if method not in EDGE_METHODS:
-        raise ValueError(
-            f"method {method!r} has no edge definition; edges are computed with one of "
-            f"{EDGE_METHODS} (e.g. score nodes with 'exact' and compute edges with 'atp')"
-        )
-    if rules is not None and method != "relp":
-        raise ValueError(f"rules= applies to method 'relp' only, not {method!r}; drop rules=")
-    for name, value in (("batch_size", batch_size), ("steps", steps)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    edge_method = method_record(method).edges
+    spec = method_record(edge_method)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    options = spec.make_options(steps=steps, rules=None if rules is None else tuple(rules))
+    if isinstance(options, IGOptions) and options.steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {options.steps!r}")
     data = model.tokenize(data if isinstance(data, Dataset) else list(data))
     if len(data) == 0:
         raise ValueError("the dataset is empty; pass at least one prompt pair")
-    plan = structure(model)
-    masks, aggregation = _check_selection(model, plan, selection, data)
+    graph = site_graph(model)
+    masks, aggregation = _edge_masks(model, selection, data)
     hooks: list[Hook] = []
-    options: dict[str, Any] = {}
-    if method == "relp":
-        resolved = rules_for(model, None if rules is None else tuple(rules))
-        hooks, options = rule_hooks(model.transformer, resolved), {"rules": list(resolved)}
-    if method == "ig":
-        options = {"steps": steps}
+    if isinstance(options, RuledOptions):
+        options = dataclasses.replace(options, rules=rules_for(model, options.rules))
+        hooks = rule_hooks(model.transformer, options.rules or ())
 
     device = model.device
     nodes = {name: m.flatten().nonzero()[:, 0] for name, m in masks.items()}  # [n_sel]
     weights: dict[tuple[str, str], Tensor] = {}
-    for site in plan.sites:
-        for up in plan.upstream[site.name]:
+    for site in graph.sites:
+        for up in graph.upstream[site.name]:
             if len(nodes[site.name]) and len(nodes[up.name]):
                 weights[(up.name, site.name)] = torch.zeros(
                     len(nodes[site.name]), len(nodes[up.name]), device=device)
-    metric = {s.name: torch.zeros(len(nodes[s.name]), device=device) for s in plan.last}
+    metric = {s.name: torch.zeros(len(nodes[s.name]), device=device) for s in graph.last}
 
     start = time.perf_counter()
     n_batches = math.ceil(len(data) / batch_size)
-    for batch in tqdm(data.batches(batch_size), total=n_batches, desc=f"edges {method}",
+    for batch in tqdm(data.batches(batch_size), total=n_batches, desc=f"edges {edge_method}",
                       disable=not progress):
-        _edges_of_batch(model, batch.to(device), method, plan, masks, nodes, hooks, steps,
-                        weights, metric)
-    log.info("%s edges on %d examples in %.1fs", method, len(data), time.perf_counter() - start)
+        ctx = AttributionContext(model, batch.to(device))
+        _edges_of_batch(ctx, options, graph, masks, nodes, hooks, weights, metric)
+    log.info("%s edges on %d examples in %.1fs", edge_method, len(data),
+             time.perf_counter() - start)
     shapes = {name: tuple(m.shape) for name, m in masks.items()}
     return EdgeScores(
-        method=method, model=model.name, aggregation=aggregation, n_examples=len(data),
+        method=edge_method, model=model.name, aggregation=aggregation, n_examples=len(data),
         shapes=shapes, nodes={k: v.cpu() for k, v in nodes.items()},
         weights={k: (w / len(data)).cpu() for k, w in weights.items()},
-        metric={k: (w / len(data)).cpu() for k, w in metric.items()}, options=options,
+        metric={k: (w / len(data)).cpu() for k, w in metric.items()}, options=options.to_json(),
     )
 
 
-def _check_selection(
-    model: SplicedModel, plan: Structure, selection: dict[str, Tensor], data: Dataset
-) -> tuple[dict[str, Tensor], str]:
-    """Masks on the model's device for every node site (absent: none selected), aggregation."""
-    names = [s.name for s in plan.sites]
-    unknown = [k for k in selection if k not in names]
-    if unknown:
-        raise ValueError(f"selection names unknown site(s) {unknown}; sites are {names}")
-    ndims = {torch.as_tensor(m).ndim for m in selection.values()}
-    if len(ndims) > 1 or not ndims <= {1, 2}:
+def _edge_masks(
+    model: SplicedModel, selection: Mapping[str, Tensor], data: Dataset
+) -> tuple[Selection, Aggregation]:
+    """The selection checked (circuits.select.check_selection), all masks of one kind:
+    position-summed [n_nodes] or per position [pos, n_nodes]; and that aggregation."""
+    masks = check_selection(model, selection, data.seq_len, partial=True)
+    ndims = {torch.as_tensor(selection[k]).ndim for k in selection}
+    if len(ndims) > 1:
         raise ValueError(
             "selection masks must all be [n_nodes] (position-summed) or all [pos, n_nodes] "
             f"(per position); got dims {sorted(ndims)}"
         )
-    per_position = ndims == {2}
-    if per_position and not data.uniform_length:
-        raise ValueError("per-position edges ([pos, n_nodes] masks) need prompts of one token "
-                         "length; use position-summed scores or a fixed-length construction")
-    masks = {}
-    for site in plan.sites:
-        size = model.n_nodes(site)
-        shape = (data.seq_len, size) if per_position else (size,)
-        mask = selection.get(site.name)
-        mask = torch.zeros(shape, dtype=torch.bool) if mask is None else torch.as_tensor(mask)
-        if mask.dtype != torch.bool or tuple(mask.shape) != shape:
-            raise ValueError(
-                f"selection[{site.name!r}] is {mask.dtype} {tuple(mask.shape)}; expected a bool "
-                f"mask of shape {shape} (use circuits.select_nodes on scores of this model and "
-                "data)"
-            )
-        masks[site.name] = mask.to(model.device)
-    return masks, "none" if per_position else "sum"
+    if ndims == {2}:
+        if not data.uniform_length:
+            raise ValueError("per-position edges ([pos, n_nodes] masks) need prompts of one "
+                             "token length; use position-summed scores or a fixed-length "
+                             "construction")
+        # sites left out are 1-D empty masks; per position they are [pos, n_nodes] ones
+        masks = {k: m if m.ndim == 2 else torch.zeros(data.seq_len, *m.shape, dtype=torch.bool,
+                                                       device=m.device)
+                 for k, m in masks.items()}
+        return masks, "none"
+    return masks, "sum"
 
 
 @dataclass
 class _SiteState:
-    """One site on one batch: clean activation, node deltas, gradient, active clean features."""
+    """One site on one batch: clean activation, node deltas (with the clean-active features),
+    and the gradient g (ḡ for ig; zeros where the metric does not read the site)."""
 
     x: Tensor  # [b, pos, d] clean activation
-    delta: SiteDelta
-    grad: Tensor  # [b, pos, d] g (or ḡ for ig); zeros where the metric does not read the site
-    active: Tensor  # [A, 3] long (batch, pos, feature) with f_clean != 0 ([0, 3] when bare)
+    delta: SiteDelta  # with .active
+    grad: Tensor  # [b, pos, d]
+
+    @property
+    def active(self) -> Tensor:
+        """[A, 3] (batch, pos, feature) where the clean run's feature gate is open."""
+        assert self.delta.active is not None
+        return self.delta.active
 
 
 def _edges_of_batch(
-    model: SplicedModel,
-    batch: Dataset,
-    method: str,
-    plan: Structure,
-    masks: dict[str, Tensor],
+    ctx: AttributionContext,
+    options: Options,
+    graph: SiteGraph,
+    masks: Selection,
     nodes: dict[str, Tensor],
     hooks: list[Hook],
-    steps: int,
     weights: dict[tuple[str, str], Tensor],
     metric: dict[str, Tensor],
 ) -> None:
     """Add this batch's edge weights (summed over its examples) into ``weights``/``metric``."""
-    read = {down for _, down in weights} | {site.name for site in plan.last}  # g used there
-    states, inputs = _site_states(model, batch, method, plan, hooks, steps, read)
+    model = ctx.model
+    read = {down for _, down in weights} | {site.name for site in graph.last}  # g used there
+    states = _site_states(ctx, options, hooks, read)
     _check_residual_sum(model, states)
-    for site in plan.last:  # edges to the metric: the node scores Δu · g
+    for site in graph.last:  # edges to the metric: the node scores Δu · g
         scores = linear_scores(model, states[site.name].delta, states[site.name].grad)
         flat = scores.sum(0) if masks[site.name].ndim == 2 else scores.sum((0, 1))
         metric[site.name] += flat.flatten()[nodes[site.name]]
     blocks: dict[int, _Block] = {}
-    for site in plan.sites:
-        ups = [u for u in plan.upstream[site.name] if (u.name, site.name) in weights]
+    for site in graph.sites:
+        ups = [u for u in graph.upstream[site.name] if (u.name, site.name) in weights]
         if not ups:
             continue
         if site.kind in ("attn", "mlp") and site.layer not in blocks:
-            blocks = {site.layer: _Block(model, site.layer, inputs, hooks)}  # one alive
+            blocks = {site.layer: _Block(model, site.layer, ctx.clean, hooks)}  # one alive
         down = nodes[site.name]
-        per_node = CHUNK_FLOATS // states[site.name].x[0].numel() // len(batch) + 1
+        per_node = CHUNK_FLOATS // states[site.name].x[0].numel() // len(ctx) + 1
         for start in range(0, len(down), per_node):
             rows = slice(start, start + per_node)
             v = _cotangents(model, site, states[site.name], down[rows], masks[site.name])
@@ -325,70 +323,33 @@ def _edges_of_batch(
 
 
 def _site_states(
-    model: SplicedModel, batch: Dataset, method: str, plan: Structure, hooks: list[Hook],
-    steps: int, read: set[str],
-) -> tuple[dict[str, _SiteState], dict[str, Tensor]]:
-    """Per-site state, and the clean inputs of every block (by hook name). Gradients are
-    needed only at the sites in ``read``; ig (steps backward passes per site) computes no
-    others."""
-    names = [s.hook_name for s in plan.sites]
+    ctx: AttributionContext, options: Options, hooks: list[Hook], read: set[str]
+) -> dict[str, _SiteState]:
+    """Per-site state. Gradients are needed only at the sites in ``read``; ig (steps backward
+    passes per site) computes no others. The clean run also records every block's input."""
+    model = ctx.model
     layers = model.cfg.n_layers
     inputs = [resid_pre(layer) for layer in range(layers)]
     if not model.cfg.parallel_attn_mlp:
         inputs += [resid_mid(layer) for layer in range(layers)]
-    targets = Targets.of(batch)
-    if method == "ig":
-        entries = {s.name: entry(model, s) for s in plan.sites}
-        _, clean = forward(model, batch.clean_tokens, targets,
-                       record=names + inputs + [e.resid for e in entries.values()])
+    if isinstance(options, IGOptions):
+        ctx.run_clean(record=inputs + [e.resid for e in ctx.entries.values()])
+        grads: dict[str, Tensor | None] = {}
+        for site in ctx.sites:
+            if site.name in read:
+                enter, name = ctx.entries[site.name], site.hook_name
+                grads[name] = site_gradient(model, ctx.targets, enter, ctx.activation(enter.resid),
+                                            ctx.activation(name), ctx.patch[name], options.steps)
     else:
-        clean, grads = clean_gradients(model, batch, list(dict.fromkeys(names + inputs)), hooks)
-    _, patch = forward(model, batch.patch_tokens, targets, record=names)
-    valid = valid_positions(batch, batch.clean_tokens.shape[1])
+        ctx.run_clean(record=inputs, hooks=hooks, grad=True)
+        grads = dict(zip(ctx.site_hooks, ctx.gradients(ctx.site_hooks), strict=True))
     states = {}
-    for site in plan.sites:
-        name = site.hook_name
-        if method == "ig" and site.name not in read:
-            grad = torch.zeros_like(clean[name])
-        elif method == "ig":
-            enter = entries[site.name]
-            grad = site_gradient(model, batch, enter, clean[enter.resid], clean[name],
-                                 patch[name], steps)
-        else:
-            grad = grads[name]
-            grad = torch.zeros_like(clean[name]) if grad is None else grad.detach()
-        delta, active = _delta_and_active(model, site, clean[name], patch[name], valid)
-        states[site.name] = _SiteState(clean[name], delta, grad, active)
-    return states, clean
-
-
-def _delta_and_active(
-    model: SplicedModel, site: Site, x_clean: Tensor, x_patch: Tensor, valid: Tensor
-) -> tuple[SiteDelta, Tensor]:
-    """circuits.nodes.site_delta, plus the features active on the clean run (one encoding)."""
-    dx = (x_patch - x_clean) * valid[..., None]  # [b, pos, d]
-    if not model.dictionaries:
-        empty = torch.zeros(0, 3, dtype=torch.long, device=dx.device)
-        return SiteDelta(site, empty, dx.new_zeros(0), dx, 1), empty
-    dictionary = model.dictionaries[site.name]
-    with torch.no_grad():
-        f_clean = dictionary.encode(x_clean)  # [b, pos, d_sae]
-        active = _gate(dictionary, f_clean).nonzero()  # [A, 3]
-        df = (dictionary.encode(x_patch) - f_clean) * valid[..., None]
-        del f_clean
-        index = df.nonzero()  # [K, 3]
-        values = df[index[:, 0], index[:, 1], index[:, 2]]  # [K]
-        del df
-        err = dx - sparse_decode(dictionary.W_dec, index, values, dx.shape)
-    return SiteDelta(site, index, values, err, dictionary.d_sae + 1), active
-
-
-def _gate(dictionary: Dictionary, f: Tensor) -> Tensor:
-    """∂f/∂pre at the clean run as a bool: 1 where the feature is active (ReLU, JumpReLU and
-    TopK pass the pre-activation through with slope 1 there), everywhere for the identity."""
-    if dictionary.identity:
-        return torch.ones_like(f, dtype=torch.bool)
-    return f != 0
+    for site in ctx.sites:
+        x = ctx.activation(site.hook_name)
+        grad = grads.get(site.hook_name)
+        grad = torch.zeros_like(x) if grad is None else grad.detach()
+        states[site.name] = _SiteState(x, ctx.delta(site, with_active=True), grad)
+    return states
 
 
 def _check_residual_sum(model: SplicedModel, states: dict[str, _SiteState]) -> None:
@@ -520,17 +481,17 @@ def _upstream_dots(
     if per_position:
         err_cols = lookup.view(pos, n_nodes)[:, -1]  # [pos]
         if (err_cols >= 0).any():
-            dots = torch.einsum("nbpd,bpd->np", g, delta.rest)  # [N, pos]
+            dots = torch.einsum("nbpd,bpd->np", g, delta.d_error)  # [N, pos]
             q = (err_cols >= 0).nonzero()[:, 0]
             out[:, err_cols[q]] += dots[:, q]
     elif lookup[-1] >= 0:
-        out[:, lookup[-1]] += g.flatten(1) @ delta.rest.flatten()
-    if delta.bare or len(delta.df) == 0:
+        out[:, lookup[-1]] += g.flatten(1) @ delta.d_error.flatten()
+    if len(delta.d_features) == 0:  # a bare site, or no selected feature moved
         return out
-    eb, ep, ej = delta.index.unbind(-1)  # [K]
+    eb, ep, ej = delta.feature_index.unbind(-1)  # [K]
     cols = lookup[ep * n_nodes + ej] if per_position else lookup[ej]
     keep = cols >= 0
-    eb, ep, ej, cols, df = eb[keep], ep[keep], ej[keep], cols[keep], delta.df[keep]
+    eb, ep, ej, cols, df = eb[keep], ep[keep], ej[keep], cols[keep], delta.d_features[keep]
     if len(cols) == 0:
         return out
     # features: per token row, the moved selected features there (padded to the fullest row):

@@ -24,20 +24,18 @@ answer] on the clean prompts, averaged over the evaluation set.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens.utilities.activation_functions import apply_softcap
 
-from saes.sites import Site, final_resid
+from circuits.forward import Targets, forward
+from circuits.select import Selection, check_selection
+from saes.sites import Site
 from saes.splice import SplicedModel
-from tasks.metrics import logit_diff
 from tasks.pairs import Dataset, PromptPair
-
-Selection = Mapping[str, Tensor]  # site name -> bool [n_nodes] or [pos, n_nodes]
 
 
 @dataclass
@@ -112,48 +110,9 @@ def _run_nodes(model: SplicedModel, tokens: Tensor) -> dict[str, tuple[Tensor, T
     return {s.name: store[s.hook_name] for s in model.sites}
 
 
-def check_selection(model: SplicedModel, selection: Selection, seq_len: int) -> dict[str, Tensor]:
-    """A selection as bool masks [pos, n_nodes] per node site (a [n_nodes] mask is broadcast).
-
-    Raises when a site is unknown or missing, or a mask has the wrong shape or dtype.
-    """
-    sites = model.node_sites
-    names = [s.name for s in sites]
-    unknown = [k for k in selection if k not in names]
-    missing = [k for k in names if k not in selection]
-    if unknown or missing:
-        raise ValueError(
-            f"selection does not match the model's node sites {names}: unknown {unknown}, "
-            f"missing {missing}; select nodes from scores of this model "
-            f"(load it with the same dictionaries, e.g. dictionaries='neurons' for neuron scores)"
-        )
-    out = {}
-    for site in sites:
-        mask = torch.as_tensor(selection[site.name])
-        size = model.n_nodes(site)
-        if mask.dtype != torch.bool:
-            raise ValueError(
-                f"selection[{site.name!r}] has dtype {mask.dtype}; masks must be bool "
-                "(circuits.select.select_nodes makes them)"
-            )
-        if mask.shape == (size,):
-            mask = mask.expand(seq_len, size)
-        elif mask.shape != (seq_len, size):
-            raise ValueError(
-                f"selection[{site.name!r}] has shape {tuple(mask.shape)}; site {site.name} has "
-                f"{size} nodes, so a mask is [{size}] or [pos, {size}] = [{seq_len}, {size}] for "
-                "this dataset (scores of another model, or of prompts of another length?)"
-            )
-        out[site.name] = mask.to(model.device)
-    return out
-
-
-def full_selection(model: SplicedModel, value: bool = True) -> dict[str, Tensor]:
-    """Every node kept (value=True) or none (False), as [n_nodes] masks."""
-    return {
-        s.name: torch.full((model.n_nodes(s),), value, dtype=torch.bool, device=model.device)
-        for s in model.node_sites
-    }
+def _per_position(masks: Selection, seq: int) -> Selection:
+    """Every mask as [pos, n_nodes] (a [n_nodes] mask keeps its nodes at every position)."""
+    return {k: m if m.ndim == 2 else m.expand(seq, -1) for k, m in masks.items()}
 
 
 def _check_means(means: NodeMeans, data: Dataset) -> None:
@@ -191,7 +150,8 @@ def ablated_metrics(
     seq = data.seq_len
     sites = model.node_sites
     intact = {s.name for s in sites if max(s.layer, 0) < intact_layers}
-    masks = [None if sel is None else check_selection(model, sel, seq) for sel in selections]
+    masks = [None if sel is None else _per_position(check_selection(model, sel, seq), seq)
+             for sel in selections]
     plain = [i for i, m in enumerate(masks) if m is None]
     ablate = [i for i, m in enumerate(masks) if m is not None]
     totals = torch.zeros(len(selections), dtype=torch.float64)
@@ -258,27 +218,13 @@ def _bare_hooks(model: SplicedModel, edit) -> list:
 def _metric(
     model: SplicedModel, batch: Dataset, tokens: Tensor, *, edit=None, spliced: bool = True
 ) -> Tensor:
-    """Evaluation logit difference [rows] of tokens [rows, seq] (rows = S copies of batch)."""
-    tl = model.transformer
-    copies = tokens.shape[0] // len(batch)
-    lengths = batch.lengths.repeat(copies)  # [rows]
-    out: dict[str, Tensor] = {}
-    final = final_resid(tl.cfg)
-
-    def keep_final(x: Tensor, hook) -> Tensor:
-        out["resid"] = x
-        return x
-
+    """Evaluation logit difference [rows] of tokens [rows, seq] (rows = S copies of batch),
+    through circuits.forward.metric: the same metric discovery uses, with the evaluation sign."""
+    targets = Targets.of(batch).repeat(tokens.shape[0] // len(batch))
     if spliced and model.dictionaries:
-        with model.spliced(edit=edit), tl.hooks(fwd_hooks=[(final, keep_final)]):
-            tl(tokens, return_type=None)
+        with model.spliced(edit=edit):
+            value, _ = forward(model, tokens, targets)
     else:
         hooks = _bare_hooks(model, edit) if edit is not None else []
-        with tl.hooks(fwd_hooks=[*hooks, (final, keep_final)]):
-            tl(tokens, return_type=None)
-    resid = out["resid"]  # [rows, seq, d]
-    last = resid[torch.arange(len(resid), device=resid.device), lengths - 1][:, None]  # [rows,1,d]
-    logits = tl.unembed(tl.ln_final(last) if tl.cfg.normalization_type else last)[:, 0]
-    logits = apply_softcap(logits, tl.cfg.output_logits_soft_cap)  # [rows, vocab]
-    repeated = batch.subset(torch.arange(len(batch)).repeat(copies))
-    return logit_diff(logits, repeated, "evaluation")  # [rows]
+        value, _ = forward(model, tokens, targets, hooks=hooks)
+    return -value  # evaluation: logit[clean answer] − logit[patch answer]

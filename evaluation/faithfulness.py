@@ -22,11 +22,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from circuits.select import complement, count
+from circuits.select import complement, count, full_selection
 from evaluation.ablation import (
     NodeMeans,
     ablated_metrics,
-    full_selection,
     node_means,
     prepare,
 )

@@ -21,8 +21,8 @@ from torch import Tensor
 
 from circuits.edges import EdgeScores
 from circuits.scores import Scores
-from circuits.select import select_nodes
-from evaluation.ablation import NodeMeans, ablated_metrics, full_selection, node_means, prepare
+from circuits.select import full_selection, select_nodes
+from evaluation.ablation import NodeMeans, ablated_metrics, node_means, prepare
 from evaluation.faithfulness import MIN_GAP, complement, count, ratio
 from saes.splice import SplicedModel
 from tasks.pairs import Dataset, PromptPair

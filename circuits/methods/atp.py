@@ -12,44 +12,21 @@ Cost: 2 forward + 1 backward per batch, plus encoding both runs at every site.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
-import torch
-from torch import Tensor
-
-from circuits.forward import Hook, Targets, forward, valid_positions
+from circuits.context import AttributionContext
+from circuits.forward import Hook
 from circuits.methods.base import Options, SiteScores
-from circuits.nodes import linear_scores, site_delta
-from saes.splice import SplicedModel
-from tasks.pairs import Dataset
+from circuits.nodes import linear_scores
 
 
-def clean_gradients(
-    model: SplicedModel, batch: Dataset, names: Sequence[str], hooks: Sequence[Hook] = ()
-) -> tuple[dict[str, Tensor], dict[str, Tensor | None]]:
-    """Clean activations and ∂(Σ metric)/∂activation at hook points, with extra hooks active
-    during the forward pass (e.g. LRP rules, which change the backward only)."""
-    value, acts = forward(
-        model, batch.clean_tokens, Targets.of(batch), record=names, hooks=hooks, grad=True
-    )
-    grads = torch.autograd.grad(value.sum(), [acts[n] for n in names], allow_unused=True)
-    return {n: acts[n].detach() for n in names}, dict(zip(names, grads, strict=True))
-
-
-def attribution_patching(
-    model: SplicedModel, batch: Dataset, options: Options, hooks: Sequence[Hook] = ()
-) -> Iterator[tuple[str, Tensor]]:
+def attribution_patching(ctx: AttributionContext, hooks: Sequence[Hook] = ()) -> SiteScores:
     """AtP scores per site [b, pos, n_nodes]; ``hooks`` change the clean backward (RelP)."""
-    sites = model.node_sites
-    names = [s.hook_name for s in sites]
-    clean, grads = clean_gradients(model, batch, names, hooks)
-    _, patch = forward(model, batch.patch_tokens, Targets.of(batch), record=names)
-    valid = valid_positions(batch, batch.clean_tokens.shape[1])
-    for site in sites:
-        name = site.hook_name
-        delta = site_delta(model, site, clean[name], patch[name], valid)
-        yield site.name, linear_scores(model, delta, grads[name])
+    ctx.run_clean(hooks=hooks, grad=True)
+    grads = ctx.gradients(ctx.site_hooks)
+    for site, grad in zip(ctx.sites, grads, strict=True):
+        yield site.name, linear_scores(ctx.model, ctx.delta(site), grad)
 
 
-def score_batch(model: SplicedModel, batch: Dataset, options: Options) -> SiteScores:
-    return attribution_patching(model, batch, options)
+def score_batch(ctx: AttributionContext, options: Options) -> SiteScores:
+    return attribution_patching(ctx)

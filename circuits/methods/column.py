@@ -28,25 +28,21 @@ blocks, the nodes that move their residual stream most first, and scores the res
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from circuits.forward import Entry, Targets, entry, forward, metric, valid_positions
+from circuits.attention import AttentionHooks, clean_qk, qk_supported, queries_keys, scaled_scores
+from circuits.attention import values as attention_values
+from circuits.context import AttributionContext
+from circuits.forward import Entry, Targets, metric
 from circuits.lrp_rules import rule_hooks, rules_for
-from circuits.methods.atp_star import (
-    attn_names,
-    clean_qk,
-    qk_supported,
-    queries_keys,
-    scaled_scores,
-)
-from circuits.methods.base import Options, SiteScores
-from circuits.nodes import SiteDelta, moved_nodes, node_vectors, site_delta
-from saes.sites import Site, attn_point, resid_mid
+from circuits.methods.base import RuledOptions, SiteScores
+from circuits.nodes import MovedNodes
+from circuits.types import RuleName
+from saes.sites import resid_mid
 from saes.splice import SplicedModel
-from tasks.pairs import Dataset
 
 NODE_CHUNK = 1 << 14  # nodes whose columns are followed at once
 # the registered method's budget: followed block applications per (real token × block) of a
@@ -54,19 +50,18 @@ NODE_CHUNK = 1 << 14  # nodes whose columns are followed at once
 BUDGET = 5.0
 
 
-def score_batch(model: SplicedModel, batch: Dataset, options: Options) -> SiteScores:
-    return column_patching(model, batch, options, budget=BUDGET)
+def score_batch(ctx: AttributionContext, options: RuledOptions) -> SiteScores:
+    return column_patching(ctx, options, budget=BUDGET)
 
 
 def column_patching(
-    model: SplicedModel,
-    batch: Dataset,
-    options: Options,
+    ctx: AttributionContext,
+    options: RuledOptions,
     *,
     depth: int | None = None,
     budget: float | None = None,
     frozen_patterns: bool = False,
-) -> Iterator[tuple[str, Tensor]]:
+) -> SiteScores:
     """Column-patching scores per site [b, pos, n_nodes].
 
     depth: follow each column exactly for at most this many blocks, then score its change
@@ -76,72 +71,64 @@ def column_patching(
     (Δ · R at the block they enter, i.e. RelP); None follows every node. frozen_patterns: R
     with every attention pattern constant (the AH rule); the default lets R through the
     patterns (RelP's gradient of the softmax), which measured better after the hop."""
+    model = ctx.model
     cfg = model.cfg
     if not qk_supported(model, "column", "nothing: refusing"):
         raise ValueError(f"method 'column' cannot recompute the attention of {model.name!r} "
                          "(see the warning); use 'relp' or 'exact'")
     n_layers = cfg.n_layers
-    sites = model.node_sites
+    sites = ctx.sites
     rules = column_rules(model, options.rules)
-    names = {a: attn_names(a) for a in range(n_layers)}
+    attn = [AttentionHooks.of(a) for a in range(n_layers)]
     hooks = rule_hooks(model.transformer, rules) + [
-        (names[a]["pattern"], _detach_hook) for a in range(n_layers) if frozen_patterns
+        (h.pattern, _detach_hook) for h in attn if frozen_patterns
     ]
-    z_names = [attn_point(a, "z") for a in range(n_layers)]
-    entries = {s.name: entry(model, s) for s in sites}
+    entries = ctx.entries
     mids = [resid_mid(e.start) for e in entries.values() if e.hook is not None]
-    record = [s.hook_name for s in sites] + z_names + mids + [
-        names[a][k] for a in range(n_layers) for k in ("resid", "scores")
-    ] + [attn_point(a, "v") for a in range(n_layers)]
-    targets = Targets.of(batch)
-    base, acts = forward(model, batch.clean_tokens, targets, record=record, hooks=hooks, grad=True)
+    base = ctx.run_clean(
+        record=mids + [n for h in attn for n in (h.z, h.input, h.scores, h.v)],
+        hooks=hooks, grad=True)
     linear_tail = depth is not None or budget is not None
-    wanted = z_names + ([names[a]["resid"] for a in range(n_layers)] if linear_tail else [])
-    grads = torch.autograd.grad(base.sum(), [acts[n] for n in wanted], allow_unused=True)
-    grads = [torch.zeros_like(acts[n]) if g is None else g.detach()
-             for n, g in zip(wanted, grads, strict=True)]
+    wanted = [h.z for h in attn] + ([h.input for h in attn] if linear_tail else [])
+    grads = [torch.zeros_like(ctx.activation(n)) if g is None else g.detach()
+             for n, g in zip(wanted, ctx.gradients(wanted), strict=True)]
     grad_z, grad_in = grads[:n_layers], grads[n_layers:]
-    acts = {n: t.detach() for n, t in acts.items()}
+    acts = ctx.clean
     base = base.detach()
-    clean = [_Clean.of(model, a, acts, names[a], grad_z[a]) for a in range(n_layers)]
+    clean = [_Clean.of(model, a, acts, attn[a], grad_z[a]) for a in range(n_layers)]
 
-    _, patch = forward(model, batch.patch_tokens, targets, record=[s.hook_name for s in sites])
-    seq = batch.clean_tokens.shape[1]
-    valid = valid_positions(batch, seq)
-    last = batch.lengths.to(valid.device) - 1  # [b] the metric's position
-    deltas = [site_delta(model, s, acts[s.hook_name], patch[s.hook_name], valid) for s in sites]
-    outs = [d.rest.new_zeros(len(valid), seq, d.n_nodes) for d in deltas]
-    # every moved node of every site, in chunks; site_id says whose it is
-    moved = [moved_nodes(d, None if options.candidates is None else options.candidates[s.name])
-             for s, d in zip(sites, deltas, strict=True)]
-    site_id = torch.cat([torch.full_like(m[0], i) for i, m in enumerate(moved)])  # [N]
-    bn, pn, node, row = (torch.cat([m[j] for m in moved]) for j in range(4))
-    follow = torch.ones_like(bn, dtype=torch.bool)  # [N] nodes whose column is followed
+    targets = ctx.targets
+    last = ctx.batch.lengths.to(ctx.valid.device) - 1  # [b] the metric's position
+    deltas = [ctx.delta(s) for s in sites]
+    outs = [d.d_error.new_zeros(len(ctx), ctx.seq, d.n_nodes) for d in deltas]
+    candidates = options.candidates
+    moved = MovedNodes.of(deltas, None if candidates is None else [candidates[s.name]
+                                                                    for s in sites])
+    follow = torch.ones_like(moved.b, dtype=torch.bool)  # [N] nodes whose column is followed
     if budget is not None:
-        size, cost = _sizes(model, sites, deltas, moved, entries, acts)  # [N], [N]
-        units = budget * int(valid.sum()) * n_layers
+        size, cost = _sizes(model, moved, [entries[s.name] for s in sites], acts)  # [N], [N]
+        units = budget * int(ctx.valid.sum()) * n_layers
         order = size.argsort(descending=True)
         follow[order] = cost[order].cumsum(0) <= units
-    for start in range(0, len(bn), NODE_CHUNK):
-        sl = slice(start, start + NODE_CHUNK)
-        ids, b, p = site_id[sl], bn[sl], pn[sl]
-        x = deltas[0].rest.new_empty(len(b), cfg.d_model)  # [c, d] each column's residual
+    for start in range(0, len(moved), NODE_CHUNK):
+        nodes = moved[start : start + NODE_CHUNK]
+        b, p = nodes.b, nodes.p
+        vec = nodes.vectors(model)  # [c, d]
+        x = torch.empty_like(vec)  # [c, d] each column's residual
         first = torch.empty_like(b)  # [c] the first block each column runs
-        for i in ids.unique().tolist():
-            mine = ids == i
-            vec = node_vectors(model, deltas[i], b[mine], p[mine], row[sl][mine])  # [m, d]
+        for i, mine in nodes.by_site():
             enter = entries[sites[i].name]
             if enter.hook is None:  # the change enters the residual stream before block start
-                x[mine] = acts[enter.resid][b[mine], p[mine]] + vec
+                x[mine] = acts[enter.resid][b[mine], p[mine]] + vec[mine]
                 first[mine] = enter.start
             else:  # attn_L of a sequential block: enters resid_mid of block L
-                mid = acts[resid_mid(enter.start)][b[mine], p[mine]] + vec
+                mid = acts[resid_mid(enter.start)][b[mine], p[mine]] + vec[mine]
                 x[mine] = _mlp_part(model, enter.start, mid)
                 first[mine] = enter.start + 1
         # [c] the block each column stops before (then scored linearly, or at the metric)
         top = torch.full_like(first, n_layers) if depth is None else (first + depth).clamp(
             max=n_layers)
-        top = torch.where(follow[sl], top, first)
+        top = torch.where(follow[start : start + NODE_CHUNK], top, first)
         total = x.new_zeros(len(b))  # [c]
         for a in range(n_layers):
             now = ((first <= a) & (a < top)).nonzero()[:, 0]
@@ -152,7 +139,7 @@ def column_patching(
             done = (top == t).nonzero()[:, 0]
             bd, pd = b[done], p[done]
             if t < n_layers:  # the rest linearly: Δ(column) · R at block t's input
-                r_t = acts[names[t]["resid"]]
+                r_t = acts[attn[t].input]
                 total[done] += ((x[done] - r_t[bd, pd]) * grad_in[t][bd, pd]).sum(-1)
                 continue
             at_metric = done[pd == last[bd]]  # the column reaches the metric itself
@@ -162,13 +149,11 @@ def column_patching(
                 with torch.no_grad():
                     final = metric(model, x[at_metric][:, None], ends)
                 total[at_metric] += final - base[be]
-        for i in ids.unique().tolist():
-            mine = ids == i
-            outs[i][b[mine], p[mine], node[sl][mine]] = total[mine]
+        nodes.scatter(outs, total)
     yield from ((s.name, o) for s, o in zip(sites, outs, strict=True))
 
 
-def column_rules(model: SplicedModel, rules: Sequence[str] | None) -> tuple[str, ...]:
+def column_rules(model: SplicedModel, rules: Sequence[str] | None) -> tuple[RuleName, ...]:
     """The LRP rules column patching applies: the given (or the family's) rules without AH,
     which it never applies (patterns frozen only with frozen_patterns=True; see the module
     docstring). attribute() records these in Scores.options."""
@@ -181,29 +166,24 @@ def _detach_hook(pattern: Tensor, hook) -> Tensor:
 
 
 def _sizes(
-    model: SplicedModel,
-    sites: list[Site],
-    deltas: list[SiteDelta],
-    moved: list[tuple[Tensor, Tensor, Tensor, Tensor]],
-    entries: dict[str, Entry],
-    acts: dict[str, Tensor],
+    model: SplicedModel, moved: MovedNodes, entries: list[Entry], acts: dict[str, Tensor]
 ) -> tuple[Tensor, Tensor]:
-    """Per moved node (sites in order): |Δ| / |clean residual where it enters| [N], and the
-    blocks its column runs [N]."""
+    """Per moved node: |Δ| / |clean residual where it enters| [N], and the blocks its column
+    runs [N]."""
     n_layers = model.cfg.n_layers
-    sizes, costs = [], []
-    for site, delta, (b, p, _, row) in zip(sites, deltas, moved, strict=True):
-        enter = entries[site.name]
-        resid = acts[enter.resid if enter.hook is None
-                     else resid_mid(enter.start)]
-        first = enter.start if enter.hook is None else enter.start + 1
-        for start in range(0, len(b), NODE_CHUNK):
-            sl = slice(start, start + NODE_CHUNK)
-            vec = node_vectors(model, delta, b[sl], p[sl], row[sl])  # [c, d]
-            sizes.append(vec.norm(dim=-1) / resid[b[sl], p[sl]].norm(dim=-1))
-        costs.append(torch.full_like(b, max(n_layers - first, 0)))
-    empty = torch.zeros(0, device=deltas[0].rest.device)
-    return torch.cat(sizes) if sizes else empty, torch.cat(costs)
+    size = moved.b.new_zeros(len(moved), dtype=moved.deltas[0].d_error.dtype)
+    cost = torch.zeros_like(moved.b)
+    for start in range(0, len(moved), NODE_CHUNK):
+        nodes = moved[start : start + NODE_CHUNK]
+        vec = nodes.vectors(model)  # [c, d]
+        for i, mine in nodes.by_site():
+            enter = entries[i]
+            resid = acts[enter.resid if enter.hook is None else resid_mid(enter.start)]
+            first = enter.start if enter.hook is None else enter.start + 1
+            rows = mine.nonzero()[:, 0] + start
+            size[rows] = vec[mine].norm(dim=-1) / resid[nodes.b[mine], nodes.p[mine]].norm(dim=-1)
+            cost[rows] = max(n_layers - first, 0)
+    return size, cost
 
 
 class _Clean:
@@ -217,13 +197,12 @@ class _Clean:
         self.zR = torch.einsum("bthe,bthe->bht", z, grad_z)
 
     @classmethod
-    def of(cls, model: SplicedModel, layer: int, acts: dict[str, Tensor], names: dict[str, str],
+    def of(cls, model: SplicedModel, layer: int, acts: dict[str, Tensor], hooks: AttentionHooks,
            grad_z: Tensor) -> _Clean:
-        q, k = clean_qk(model, layer, acts[names["resid"]])
-        v = acts[attn_point(layer, "v")]
+        q, k = clean_qk(model, layer, acts[hooks.input])
+        v = acts[hooks.v]
         v = v.repeat_interleave(q.shape[2] // v.shape[2], dim=2)
-        return cls(q, k, v, acts[names["scores"]], acts[attn_point(layer, "z")],
-                   grad_z.detach())
+        return cls(q, k, v, acts[hooks.scores], acts[hooks.z], grad_z.detach())
 
 
 @torch.no_grad()
@@ -235,7 +214,7 @@ def _column_block(
     block = model.transformer.blocks[a]
     attn = block.attn
     q_new, k_new = queries_keys(model, a, x, p)  # [c, h, dh]
-    v_new = _values(model, a, x)  # [c, h, dh]
+    v_new = attention_values(model, a, x)  # [c, h, dh]
     z_row = torch.empty_like(q_new)  # [c, h, dh] the column's own attention
     hop = x.new_empty(len(b))  # [c]
     seq = clean.q.shape[1]
@@ -273,18 +252,6 @@ def _column_block(
     if model.cfg.parallel_attn_mlp:
         return x + attn_out + _mlp_out(model, a, x), hop
     return _mlp_part(model, a, x + attn_out), hop
-
-
-def _values(model: SplicedModel, a: int, x: Tensor) -> Tensor:
-    """Values [c, h, dh] (GQA heads repeated) of block a from residual inputs x [c, d]."""
-    block = model.transformer.blocks[a]
-    attn = block.attn
-    grouped = hasattr(attn, "repeat_kv_heads") and not model.cfg.ungroup_grouped_query_attention
-    W_V, b_V = (attn._W_V, attn._b_V) if grouped else (attn.W_V, attn.b_V)
-    v = torch.einsum("cd,hde->che", block.ln1(x), W_V) + b_V
-    if model.cfg.clip_qkv is not None:
-        v = v.clamp(-model.cfg.clip_qkv, model.cfg.clip_qkv)
-    return v.repeat_interleave(attn.repeat_kv_heads, dim=-2) if grouped else v
 
 
 def _mlp_out(model: SplicedModel, a: int, x: Tensor) -> Tensor:

@@ -19,28 +19,22 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from circuits.forward import Entry, Targets, entry, forward, valid_positions
-from circuits.methods.base import Options, SiteScores
-from circuits.nodes import moved_nodes, node_vectors, site_delta
+from circuits.context import AttributionContext
+from circuits.forward import Entry, Targets, forward
+from circuits.methods.base import ExactOptions, SiteScores
+from circuits.nodes import moved_nodes, node_vectors
 from saes.splice import SplicedModel
-from tasks.pairs import Dataset
 
 
-def score_batch(model: SplicedModel, batch: Dataset, options: Options) -> SiteScores:
-    sites = model.node_sites
-    entries = {s.name: entry(model, s) for s in sites}
-    names = [s.hook_name for s in sites] + [e.resid for e in entries.values()]
-    targets = Targets.of(batch)
-    base, clean = forward(model, batch.clean_tokens, targets, record=names)  # base: [b]
-    _, patch = forward(model, batch.patch_tokens, targets, record=[s.hook_name for s in sites])
-    seq = batch.clean_tokens.shape[1]
-    valid = valid_positions(batch, seq)
+def score_batch(ctx: AttributionContext, options: ExactOptions) -> SiteScores:
+    model = ctx.model
+    base = ctx.run_clean(record=[e.resid for e in ctx.entries.values()])  # [b]
     candidates = options.candidates
-    for site in sites:
-        name, enter = site.hook_name, entries[site.name]
-        delta = site_delta(model, site, clean[name], patch[name], valid)
+    for site in ctx.sites:
+        enter = ctx.entries[site.name]
+        delta = ctx.delta(site)
         b, p, node, row = moved_nodes(delta, None if candidates is None else candidates[site.name])
-        out = delta.rest.new_zeros(len(valid), seq, delta.n_nodes)
+        out = delta.d_error.new_zeros(len(ctx), ctx.seq, delta.n_nodes)
         chunks = range(0, len(b), options.exact_batch)
         for start_i in tqdm(chunks, desc=f"exact {site.name}", leave=False,
                             disable=not options.progress or len(chunks) < 2):
@@ -48,7 +42,7 @@ def score_batch(model: SplicedModel, batch: Dataset, options: Options) -> SiteSc
             cb, cp, cnode, crow = b[sl], p[sl], node[sl], row[sl]
             vectors = node_vectors(model, delta, cb, cp, crow)  # [c, d]
             out[cb, cp, cnode] = _patched_metric(
-                model, targets[cb], enter, clean[enter.resid][cb], cp, vectors
+                model, ctx.targets[cb], enter, ctx.activation(enter.resid)[cb], cp, vectors
             ) - base[cb]
         yield site.name, out
 

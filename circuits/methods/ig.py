@@ -19,11 +19,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from circuits.forward import Entry, Targets, entry, forward, valid_positions
-from circuits.methods.base import Options, SiteScores
-from circuits.nodes import linear_scores, site_delta
+from circuits.context import AttributionContext
+from circuits.forward import Entry, Targets, forward
+from circuits.methods.base import IGOptions, SiteScores
+from circuits.nodes import linear_scores
 from saes.splice import SplicedModel
-from tasks.pairs import Dataset
 
 
 def midpoints(steps: int, device: torch.device | str = "cpu") -> Tensor:
@@ -33,7 +33,7 @@ def midpoints(steps: int, device: torch.device | str = "cpu") -> Tensor:
 
 def site_gradient(
     model: SplicedModel,
-    batch: Dataset,
+    targets: Targets,  # of the batch
     enter: Entry,
     resid: Tensor,  # [b, seq, d] clean residual stream entering block enter.start
     x_clean: Tensor,  # [b, seq, d]
@@ -44,7 +44,7 @@ def site_gradient(
     b = x_clean.shape[0]
     alphas = midpoints(steps, x_clean.device).to(x_clean.dtype)  # [steps]
     step = alphas[:, None, None, None] * (x_patch - x_clean)[None]  # [steps, b, seq, d]
-    targets = Targets.of(batch).repeat(steps)
+    targets = targets.repeat(steps)
     if enter.hook is None:  # the site's change is a change of the residual stream entering
         path = (resid[None] + step).flatten(0, 1).requires_grad_(True)  # [steps * b, seq, d]
         value, _ = forward(model, path, targets, start_at_layer=enter.start, grad=True)
@@ -60,18 +60,10 @@ def site_gradient(
     return grad.view(steps, b, *grad.shape[1:]).mean(0)
 
 
-def score_batch(model: SplicedModel, batch: Dataset, options: Options) -> SiteScores:
-    sites = model.node_sites
-    entries = {s.name: entry(model, s) for s in sites}
-    names = [s.hook_name for s in sites] + [e.resid for e in entries.values()]
-    targets = Targets.of(batch)
-    _, clean = forward(model, batch.clean_tokens, targets, record=names)
-    _, patch = forward(model, batch.patch_tokens, targets, record=[s.hook_name for s in sites])
-    valid = valid_positions(batch, batch.clean_tokens.shape[1])
-    for site in sites:
-        name, enter = site.hook_name, entries[site.name]
-        grad = site_gradient(
-            model, batch, enter, clean[enter.resid], clean[name], patch[name], options.steps
-        )
-        delta = site_delta(model, site, clean[name], patch[name], valid)
-        yield site.name, linear_scores(model, delta, grad)
+def score_batch(ctx: AttributionContext, options: IGOptions) -> SiteScores:
+    ctx.run_clean(record=[e.resid for e in ctx.entries.values()])
+    for site in ctx.sites:
+        name, enter = site.hook_name, ctx.entries[site.name]
+        grad = site_gradient(ctx.model, ctx.targets, enter, ctx.activation(enter.resid),
+                             ctx.activation(name), ctx.patch[name], options.steps)
+        yield site.name, linear_scores(ctx.model, ctx.delta(site), grad)

@@ -14,13 +14,12 @@ With ``rules=()`` RelP is AtP exactly. Cost: that of AtP.
 
 from __future__ import annotations
 
+from circuits.context import AttributionContext
 from circuits.lrp_rules import rule_hooks, rules_for
 from circuits.methods.atp import attribution_patching
-from circuits.methods.base import Options, SiteScores
-from saes.splice import SplicedModel
-from tasks.pairs import Dataset
+from circuits.methods.base import RuledOptions, SiteScores
 
 
-def score_batch(model: SplicedModel, batch: Dataset, options: Options) -> SiteScores:
-    rules = rules_for(model, options.rules)
-    return attribution_patching(model, batch, options, hooks=rule_hooks(model.transformer, rules))
+def score_batch(ctx: AttributionContext, options: RuledOptions) -> SiteScores:
+    rules = rules_for(ctx.model, options.rules)
+    return attribution_patching(ctx, hooks=rule_hooks(ctx.model.transformer, rules))
