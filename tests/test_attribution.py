@@ -9,6 +9,8 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from circuits import METHODS, Scores, attribute
+from circuits.attention import AttentionHooks, clean_qk
+from circuits.context import AttributionContext
 from circuits.forward import Targets, forward, valid_positions
 from circuits.methods import atp, atp_star
 from circuits.methods.base import Options
@@ -228,8 +230,9 @@ def test_relp_without_rules_is_atp(tiny: SplicedModel, data: Dataset):
 
 # ---- atp* ----------------------------------------------------------------------------------------
 def test_atp_star_switched_off_is_atp(tiny: SplicedModel, data: Dataset):
-    plain = dict(atp.score_batch(tiny, data, Options()))
-    off = dict(atp_star.score_batch(tiny, data, Options(), qk_fix=False, grad_drop=False))
+    plain = dict(atp.score_batch(AttributionContext(tiny, data), Options()))
+    off = dict(atp_star.score_batch(AttributionContext(tiny, data), Options(), qk_fix=False,
+                                    grad_drop=False))
     for name in plain:
         assert torch.equal(plain[name], off[name]), name
 
@@ -251,20 +254,20 @@ def test_atp_star_qk_terms_match_patching_queries_and_keys(bare: SplicedModel, d
     """For an embed component at position p, layer 0's query and key terms equal the pattern
     change of really patching q_p (then k_p) to the patch run's value, dotted with ∂L/∂A."""
     tl, p = bare.transformer, 1  # the subject noun: the only token that differs
-    names = atp_star.attn_names(0)
+    names = AttentionHooks.of(0)
     qk_points = {"q": "blocks.0.attn.hook_q", "k": "blocks.0.attn.hook_k"}
-    record = list(names.values()) + list(qk_points.values())
+    record = [names.input, names.scores, names.pattern] + list(qk_points.values())
     targets = Targets.of(data)
     value, acts = forward(bare, data.clean_tokens, targets, record=record, grad=True)
-    (grad_pattern,) = torch.autograd.grad(value.sum(), acts[names["pattern"]])
+    (grad_pattern,) = torch.autograd.grad(value.sum(), acts[names.pattern])
     acts = {k: v.detach() for k, v in acts.items()}
     _, patch_acts = forward(bare, data.patch_tokens, targets, record=record)
     site = bare.site("embed")
     valid = valid_positions(data, data.seq_len) & (torch.arange(data.seq_len) == p)
     delta = site_delta(bare, site, acts[site.hook_name], patch_acts[site.hook_name], valid)
-    r = acts[names["resid"]]
-    (terms,) = atp_star.qk_terms(bare, delta, 0, r, *atp_star.clean_qk(bare, 0, r),
-                                 acts[names["scores"]], acts[names["pattern"]], [grad_pattern])
+    r = acts[names.input]
+    (terms,) = atp_star.qk_terms(bare, delta, 0, r, *clean_qk(bare, 0, r),
+                                 acts[names.scores], acts[names.pattern], [grad_pattern])
     expected = torch.zeros(len(data))
     for point in qk_points.values():
 
@@ -277,9 +280,9 @@ def test_atp_star_qk_terms_match_patching_queries_and_keys(bare: SplicedModel, d
         with torch.no_grad():
             tl.run_with_hooks(data.clean_tokens, fwd_hooks=[
                 (point, hook),
-                (names["pattern"], lambda x, hook, store=store: store.setdefault("A", x)),
+                (names.pattern, lambda x, hook, store=store: store.setdefault("A", x)),
             ])
-        expected += ((store["A"] - acts[names["pattern"]]) * grad_pattern).sum((1, 2, 3))
+        expected += ((store["A"] - acts[names.pattern]) * grad_pattern).sum((1, 2, 3))
     assert expected.abs().max() > 1e-4
     torch.testing.assert_close(terms[:, p, 0], expected, atol=1e-5, rtol=1e-4)
 

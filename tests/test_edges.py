@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from circuits import EdgeScores, attribute, attribute_edges, select_nodes
-from circuits.edges import METRIC, structure
+from circuits import METHODS, EdgeScores, attribute, attribute_edges, select_nodes
+from circuits.edges import METRIC, site_graph
 from circuits.lrp_rules import rule_hooks, rules_for
 from saes import Dictionary, SplicedModel
 from saes.sites import all_sites, resid_pre
@@ -32,7 +32,7 @@ def sequential(neox_tokenizer) -> SplicedModel:
 def everything(model: SplicedModel, seq: int | None = None) -> dict[str, torch.Tensor]:
     """Select every node of every site ([n_nodes], or [seq, n_nodes] per position)."""
     out = {}
-    for site in structure(model).sites:
+    for site in site_graph(model).sites:
         size = model.dictionaries[site.name].d_sae + 1
         out[site.name] = torch.ones((size,) if seq is None else (seq, size), dtype=torch.bool)
     return out
@@ -79,7 +79,7 @@ def test_incoming_edges_sum_to_the_node_score_where_sites_are_linear(
                        steps=3 if method == "ig" else None)
     seq = data.seq_len if aggregation == "none" else None
     edges = attribute_edges(model, data, method, everything(model, seq), progress=False,
-                            steps=3)
+                            steps=3 if method == "ig" else None)
     incoming: dict[str, torch.Tensor] = {}
     for (_, down), w in edges.weights.items():
         incoming[down] = incoming.get(down, 0) + w.sum(1)  # [n_down]
@@ -127,7 +127,7 @@ def reference_edges(
     if site_grads is not None:
         g = {name: (x @ model.dictionaries[name].W_dec.detach().T, x)
              for name, x in site_grads.items()}
-    plan = structure(model)
+    plan = site_graph(model)
     order = [s.name for s in plan.sites]
     out = {}
     for down in plan.sites:
@@ -188,12 +188,13 @@ def test_ig_edges_equal_the_reference_with_the_integrated_gradient(tiny, data):
 
     selection = some_nodes(tiny, data, "ig")
     edges = attribute_edges(tiny, data, "ig", selection, steps=4, progress=False)
-    sites = structure(tiny).sites
+    sites = site_graph(tiny).sites
     entries = {s.name: entry(tiny, s) for s in sites}
     names = [s.hook_name for s in sites] + [e.resid for e in entries.values()]
     _, clean = forward(tiny, data.clean_tokens, Targets.of(data), record=names)
     _, patch = forward(tiny, data.patch_tokens, Targets.of(data), record=names)
-    grads = {s.name: site_gradient(tiny, data, entries[s.name], clean[entries[s.name].resid],
+    targets = Targets.of(data)
+    grads = {s.name: site_gradient(tiny, targets, entries[s.name], clean[entries[s.name].resid],
                                    clean[s.hook_name], patch[s.hook_name], 4) for s in sites}
     expected = reference_edges(tiny, data, selection, site_grads=grads)
     plain = attribute_edges(tiny, data, "atp", selection, progress=False)
@@ -255,10 +256,19 @@ def test_edge_scores_round_trip(tiny: SplicedModel, data: Dataset, tmp_path):
     assert any(down == METRIC for _, _, down, _, _ in back.edges())
 
 
-def test_methods_without_edges_are_refused(tiny: SplicedModel, data: Dataset):
-    with pytest.raises(ValueError, match="no edge definition"):
-        attribute_edges(tiny, data, "exact", everything(tiny))
-    with pytest.raises(ValueError, match="expected a bool mask"):
+def test_edges_of_a_method_come_from_the_method_its_record_names(tiny: SplicedModel,
+                                                                  data: Dataset):
+    """exact and atp* have no edge definition of their own: their edges are atp's (one policy,
+    METHODS[m].edges), and EdgeScores says so; a mask of the wrong shape names the site."""
+    selection = some_nodes(tiny, data, "atp")
+    atp = attribute_edges(tiny, data, "atp", selection, progress=False)
+    for method in ("exact", "atp*"):
+        assert METHODS[method].edges == "atp"
+        edges = attribute_edges(tiny, data, method, selection, progress=False)
+        assert edges.method == "atp" and edges.n_edges == atp.n_edges > 0
+        assert all(torch.equal(edges.weights[k], w) for k, w in atp.weights.items())
+    assert METHODS["column"].edges == METHODS["relp*"].edges == "relp"
+    with pytest.raises(ValueError, match=r"selection\['embed'\] has shape \(3,\)"):
         attribute_edges(tiny, data, "atp", {"embed": torch.ones(3, dtype=torch.bool)})
 
 
@@ -278,11 +288,12 @@ def two_node_effect(model, data, up, u, down, d, alpha: float) -> float:
     delta = site_delta(model, U, clean[U.hook_name], patch[U.hook_name],
                        valid_positions(data, data.seq_len))
     if u == delta.n_nodes - 1:
-        move = delta.rest  # [b, pos, d]
+        move = delta.d_error  # [b, pos, d]
     else:
-        k = delta.index[:, 2] == u
-        move = sparse_decode(model.dictionaries[up].W_dec, delta.index[k], delta.df[k],
-                             delta.rest.shape)
+        k = delta.feature_index[:, 2] == u
+        move = sparse_decode(model.dictionaries[up].W_dec, delta.feature_index[k],
+                             delta.d_features[k],
+                             delta.d_error.shape)
     x = clean[D.hook_name]
     if D.kind == "resid":
         x_moved = x + alpha * move  # resid_L = resid_{L-1} + attn_L + mlp_L

@@ -9,6 +9,8 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from circuits import attribute
+from circuits.attention import AttentionHooks, clean_qk
+from circuits.context import AttributionContext
 from circuits.forward import Targets, forward, valid_positions
 from circuits.lrp_rules import rule_hooks
 from circuits.methods import atp_star, column, relp_star
@@ -78,24 +80,24 @@ def test_qk_terms_equal_the_models_own_pattern_change(gemma, data, layer, site_n
     """For a node at position p read by `layer`: the query + key terms equal the pattern change
     when the model itself computes q_p (then k_p) from its input with the node added, with
     every other query, key and value clean, dotted with ∂L/∂A."""
-    names = atp_star.attn_names(layer)
+    names = AttentionHooks.of(layer)
     attn = f"blocks.{layer}.attn."
     site = gemma.site(site_name)
-    record = list(names.values()) + [site.hook_name]
+    record = [names.input, names.scores, names.pattern] + [site.hook_name]
     targets = Targets.of(data)
     value, acts = forward(gemma, data.clean_tokens, targets, record=record, grad=True)
-    (grad_pattern,) = torch.autograd.grad(value.sum(), acts[names["pattern"]])
+    (grad_pattern,) = torch.autograd.grad(value.sum(), acts[names.pattern])
     acts = {k: v.detach() for k, v in acts.items()}
     _, patch = forward(gemma, data.patch_tokens, targets, record=[site.hook_name])
-    r = acts[names["resid"]]
-    q, k = atp_star.clean_qk(gemma, layer, r)
+    r = acts[names.input]
+    q, k = clean_qk(gemma, layer, r)
     checked = 0
     for p in range(data.seq_len):
         valid = valid_positions(data, data.seq_len) & (torch.arange(data.seq_len) == p)
         delta = site_delta(gemma, site, acts[site.hook_name], patch[site.hook_name], valid)
-        (terms,) = atp_star.qk_terms(gemma, delta, layer, r, q, k, acts[names["scores"]],
-                                     acts[names["pattern"]], [grad_pattern])
-        if delta.rest.abs().max() == 0:  # the node does not move: no term
+        (terms,) = atp_star.qk_terms(gemma, delta, layer, r, q, k, acts[names.scores],
+                                     acts[names.pattern], [grad_pattern])
+        if delta.d_error.abs().max() == 0:  # the node does not move: no term
             assert terms.abs().max() == 0
             continue
         checked += 1
@@ -103,7 +105,7 @@ def test_qk_terms_equal_the_models_own_pattern_change(gemma, data, layer, site_n
         new: dict[str, torch.Tensor] = {}
 
         def add(x, hook, delta=delta):
-            return x + delta.rest
+            return x + delta.d_error
 
         def keep(x, hook, new=new):
             new[hook.name] = x
@@ -116,7 +118,7 @@ def test_qk_terms_equal_the_models_own_pattern_change(gemma, data, layer, site_n
         expected = torch.zeros(len(data))
         for point in ("hook_rot_q", "hook_rot_k"):
             A = _patched_pattern(gemma, data, layer, attn + point, new[attn + point], p)
-            expected += ((A - acts[names["pattern"]]) * grad_pattern).sum((1, 2, 3))
+            expected += ((A - acts[names.pattern]) * grad_pattern).sum((1, 2, 3))
         assert expected.abs().max() > 1e-5, p
         torch.testing.assert_close(terms[:, p, 0], expected, atol=1e-6, rtol=1e-4)
         assert terms[:, [i for i in range(data.seq_len) if i != p]].abs().max() == 0
@@ -131,23 +133,24 @@ def test_qk_terms_are_the_metric_change_where_only_the_softmax_is_nonlinear(neox
     model.transformer.ln_final = torch.nn.Identity()
     data = model.tokenize(sva.generate("across_rc", 4, seed=5, tokenizer=model.tokenizer))
     targets = Targets.of(data)
-    names, attn = atp_star.attn_names(0), "blocks.0.attn."
+    names, attn = AttentionHooks.of(0), "blocks.0.attn."
     points = [attn + "hook_rot_q", attn + "hook_rot_k"]
-    value, acts = forward(model, data.clean_tokens, targets, record=list(names.values()), grad=True)
-    (grad_pattern,) = torch.autograd.grad(value.sum(), acts[names["pattern"]])
+    value, acts = forward(model, data.clean_tokens, targets,
+                          record=[names.input, names.scores, names.pattern], grad=True)
+    (grad_pattern,) = torch.autograd.grad(value.sum(), acts[names.pattern])
     acts = {k: v.detach() for k, v in acts.items()}
     record = ["blocks.0.hook_resid_pre"] + points
     _, patch = forward(model, data.patch_tokens, targets, record=record)
     site = model.site("embed")
-    r = acts[names["resid"]]
+    r = acts[names.input]
     base = value.detach()
-    q, k = atp_star.clean_qk(model, 0, r)
+    q, k = clean_qk(model, 0, r)
     checked = 0
     for p in range(data.seq_len):
         valid = valid_positions(data, data.seq_len) & (torch.arange(data.seq_len) == p)
         delta = site_delta(model, site, r, patch[site.hook_name], valid)
-        (terms,) = atp_star.qk_terms(model, delta, 0, r, q, k, acts[names["scores"]],
-                                     acts[names["pattern"]], [grad_pattern])
+        (terms,) = atp_star.qk_terms(model, delta, 0, r, q, k, acts[names.scores],
+                                     acts[names.pattern], [grad_pattern])
         expected = torch.zeros(len(data))
         for point in points:
             def put(x, hook, point=point, p=p):
@@ -157,7 +160,7 @@ def test_qk_terms_are_the_metric_change_where_only_the_softmax_is_nonlinear(neox
 
             patched, _ = forward(model, data.clean_tokens, targets, hooks=[(point, put)])
             expected += patched - base
-        if delta.rest.abs().max() > 0:
+        if delta.d_error.abs().max() > 0:
             assert expected.abs().max() > 1e-4
             torch.testing.assert_close(terms[:, p, 0], expected, atol=1e-5, rtol=1e-4)
             checked += 1
@@ -183,7 +186,7 @@ def test_relp_star_without_qk_fix_is_relp_with_the_ah_rule(gemma, data):
     """Patterns as leaves of the forward (RelP*'s way) = the AH rule's detach (lrp_rules)."""
     for rules in [(), ("ln", "identity", "half")]:
         options = RuledOptions(rules=rules)
-        off = dict(relp_star.relp_star(gemma, data, options, qk_fix=False))
+        off = dict(relp_star.relp_star(AttributionContext(gemma, data), options, qk_fix=False))
         ah = scores(gemma, data, "relp", rules=(*rules, "ah"))
         for name in ah:
             torch.testing.assert_close(off[name], ah[name], atol=1e-6, rtol=1e-5)
@@ -201,15 +204,15 @@ def test_relp_star_terms_are_the_difference_from_relp_with_ah(gemma, data):
     assert (star["resid_0"] - ah["resid_0"]).abs().max() > 1e-4
     # the QK terms, from the helpers, per site
     n_layers = gemma.cfg.n_layers
-    names = [atp_star.attn_names(a) for a in range(n_layers)]
+    names = [AttentionHooks.of(a) for a in range(n_layers)]
     sites = gemma.node_sites
     leaves: dict[str, torch.Tensor] = {}
     hooks = rule_hooks(gemma.transformer, rules) + [
-        (n["pattern"], relp_star.pattern_leaf_hook(leaves)) for n in names]
-    record = [s.hook_name for s in sites] + [n[k] for n in names for k in ("resid", "scores")]
+        (n.pattern, relp_star.pattern_leaf_hook(leaves)) for n in names]
+    record = [s.hook_name for s in sites] + [p for n in names for p in (n.input, n.scores)]
     targets = Targets.of(data)
     value, acts = forward(gemma, data.clean_tokens, targets, record=record, hooks=hooks, grad=True)
-    patterns = [leaves[n["pattern"]] for n in names]
+    patterns = [leaves[n.pattern] for n in names]
     grad_pattern = torch.autograd.grad(value.sum(), patterns, allow_unused=True)
     acts = {k: v.detach() for k, v in acts.items()}
     _, patch = forward(gemma, data.patch_tokens, targets, record=[s.hook_name for s in sites])
@@ -218,9 +221,9 @@ def test_relp_star_terms_are_the_difference_from_relp_with_ah(gemma, data):
         delta = site_delta(gemma, site, acts[site.hook_name], patch[site.hook_name], valid)
         expected = torch.zeros_like(star[site.name])
         for a in range(atp_star.first_reader(site), n_layers):
-            r = acts[names[a]["resid"]]
-            (term,) = atp_star.qk_terms(gemma, delta, a, r, *atp_star.clean_qk(gemma, a, r),
-                                        acts[names[a]["scores"]], patterns[a].detach(),
+            r = acts[names[a].input]
+            (term,) = atp_star.qk_terms(gemma, delta, a, r, *clean_qk(gemma, a, r),
+                                        acts[names[a].scores], patterns[a].detach(),
                                         [grad_pattern[a]])
             expected += term
         torch.testing.assert_close(star[site.name] - ah[site.name], expected, atol=1e-5,
@@ -233,7 +236,8 @@ def test_atp_star_runs_the_qk_fix_on_gemma_attention(gemma, data):
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        fixed = dict(atp_star.score_batch(gemma, data, Options(), grad_drop=False))
+        ctx = AttributionContext(gemma, data)
+        fixed = dict(atp_star.score_batch(ctx, Options(), grad_drop=False))
     plain = scores(gemma, data, "atp")
     assert (fixed["embed"] - plain["embed"]).abs().max() > 1e-4
     torch.testing.assert_close(fixed["resid_1"], plain["resid_1"], atol=1e-6, rtol=1e-5)
@@ -248,7 +252,7 @@ def test_atp_star_drop_of_the_nodes_own_layer_scores_0(neox_tokenizer):
 
     model = tiny_spliced(neox_tokenizer, layers=3)
     data = model.tokenize(sva.generate("across_pp", 4, seed=1, tokenizer=model.tokenizer))
-    est = dict(atp_star.variant_estimates(model, data, Options()))
+    est = dict(atp_star.variant_estimates(AttributionContext(model, data)))
     assert all(len(e) == 3 for e in est.values())
     for layer in range(3):
         for kind in ("attn", "mlp"):
@@ -256,12 +260,12 @@ def test_atp_star_drop_of_the_nodes_own_layer_scores_0(neox_tokenizer):
             assert torch.equal(est[name][layer], torch.zeros_like(est[name][layer])), name
             others = [e for v, e in enumerate(est[name]) if v != layer]
             assert max(e.abs().max() for e in others) > 1e-5, name
-    star = dict(atp_star.score_batch(model, data, Options()))
+    star = dict(atp_star.score_batch(AttributionContext(model, data), Options()))
     for name in ("attn_0", "mlp_0"):
         torch.testing.assert_close(star[name], (est[name][1].abs() + est[name][2].abs()) / 2)
     # the QK fix is on: attn_0 / mlp_0 under drop 1 carry layer 2's QK terms, so differ from AtP
     # with the same drop (no QK fix)
-    lin = dict(atp_star.variant_estimates(model, data, Options(), qk_fix=False))
+    lin = dict(atp_star.variant_estimates(AttributionContext(model, data), qk_fix=False))
     assert (est["attn_0"][1] - lin["attn_0"][1]).abs().max() > 1e-6
 
 
@@ -280,7 +284,7 @@ def test_column_is_exact_at_the_metric_position(kind, gemma, neox_tokenizer):
     else:
         model = tiny_spliced(neox_tokenizer, parallel=False, seed=2)
     data = model.tokenize(sva.generate("within_rc", 3, seed=1, tokenizer=model.tokenizer))
-    col = dict(column.column_patching(model, data, RuledOptions(), budget=None))
+    col = column_scores(model, data, budget=None)
     exact = scores(model, data, "exact")
     last = data.seq_len - 1
     for name in exact:
@@ -298,7 +302,7 @@ def test_column_is_exact_for_one_attention_layer(neox_tokenizer):
         model.transformer.blocks[0].mlp.W_out.zero_()
         model.transformer.blocks[0].mlp.b_out.zero_()
     data = model.tokenize(sva.generate("across_rc", 4, seed=5, tokenizer=model.tokenizer))
-    col = dict(column.column_patching(model, data, RuledOptions(), budget=None))
+    col = column_scores(model, data, budget=None)
     exact, relp = scores(model, data, "exact"), scores(model, data, "relp*")
     assert exact["embed"][:, :-1].abs().max() > 1e-3  # hops, not only the metric's position
     for name in exact:
@@ -312,7 +316,7 @@ def test_column_of_depth_zero_is_relp(gemma, data, frozen):
     (with the AH rule when patterns are frozen), at every site entering the residual stream
     between blocks (not the last block's, nor attn_L of a sequential block: its column runs
     block L's MLP first)."""
-    col = dict(column.column_patching(gemma, data, RuledOptions(), depth=0, frozen_patterns=frozen))
+    col = column_scores(gemma, data, depth=0, frozen_patterns=frozen)
     rules = ("ln", "identity", "half") + (("ah",) if frozen else ())
     relp = scores(gemma, data, "relp", rules=rules)
     for name in ("embed", "mlp_0", "resid_0"):
@@ -323,11 +327,11 @@ def test_column_of_depth_zero_is_relp(gemma, data, frozen):
 def test_column_budget_follows_the_largest_nodes_first(gemma, data):
     """An unlimited budget follows every column; budget 0 follows only the columns that run
     no block (depth 0 for the rest); in between, registered 'column' differs from both."""
-    full = dict(column.column_patching(gemma, data, RuledOptions(), budget=None))
-    huge = dict(column.column_patching(gemma, data, RuledOptions(), budget=1e9))
-    none = dict(column.column_patching(gemma, data, RuledOptions(), budget=0.0))
-    zero = dict(column.column_patching(gemma, data, RuledOptions(), depth=0))
-    some = dict(column.column_patching(gemma, data, RuledOptions(), budget=0.5))
+    full = column_scores(gemma, data, budget=None)
+    huge = column_scores(gemma, data, budget=1e9)
+    none = column_scores(gemma, data, budget=0.0)
+    zero = column_scores(gemma, data, depth=0)
+    some = column_scores(gemma, data, budget=0.5)
     for name in full:
         torch.testing.assert_close(huge[name], full[name], atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(none[name], zero[name], atol=1e-6, rtol=1e-5)
@@ -348,3 +352,8 @@ def test_column_records_the_rules_it_applies(gemma, data):
     default = attribute(gemma, data, "column", **kwargs)
     assert default.options["rules"] == ["ln", "identity", "half"]
     assert attribute(gemma, data, "relp*", **kwargs).options["rules"][-1] == "ah"
+
+
+def column_scores(model, data, **kwargs) -> dict:
+    """column.column_patching on the whole dataset as one batch, site -> [b, pos, n_nodes]."""
+    return dict(column.column_patching(AttributionContext(model, data), RuledOptions(), **kwargs))
