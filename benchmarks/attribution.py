@@ -101,10 +101,10 @@ def agreement_markdown(model: SplicedModel, data: Dataset, args) -> str:
                          progress=args.progress, **own_options(method, args))
 
     exact = scores("exact")
-    df = agreement({m: scores(m) for m in ("atp", "atp*", "ig", "relp")}, exact, by="site")
-    pooled = df[df["site"] == POOLED].set_index("method")["n_nodes"]
+    table = agreement({m: scores(m) for m in ("atp", "atp*", "ig", "relp")}, exact, by="site")
+    pooled = table[table["site"] == POOLED].set_index("method")["n_nodes"]
     counts = ", ".join(f"{m} {n}" for m, n in pooled.items())
-    return agreement_table(df) + f"\n\nNodes compared (pooled): {counts}."
+    return agreement_table(table) + f"\n\nNodes compared (pooled): {counts}."
 
 
 def own_options(name: str, args) -> dict:

@@ -48,14 +48,14 @@ def node_grid(total: int) -> list[int]:
     return sorted({0, *grid, *(k for k in FIXED if k <= total)})
 
 
-def nodes_needed(df: pd.DataFrame, target: float = TARGET) -> float:
+def nodes_needed(table: pd.DataFrame, target: float = TARGET) -> float:
     """Smallest node count of the sweep with faithfulness >= target (NaN: never)."""
-    hit = df[df["faithfulness"] >= target]
+    hit = table[table["faithfulness"] >= target]
     return float(hit["n_nodes"].min()) if not hit.empty else float("nan")
 
 
-def at_count(df: pd.DataFrame, k: int, column: str) -> float:
-    row = df[df["top_k"] == k]
+def at_count(table: pd.DataFrame, k: int, column: str) -> float:
+    row = table[table["top_k"] == k]
     return float(row[column].iloc[0]) if not row.empty else float("nan")
 
 
@@ -118,20 +118,20 @@ def main() -> None:
         n_total = sum(v.numel() for v in neuron_scores.sites.values())
         neuron = sweep(neurons, {NEURONS: neuron_scores}, test, node_counts=node_grid(n_total),
                        progress=False)
-        df = pd.concat([sae, neuron], ignore_index=True).assign(task=construction)
-        frames.append(df)
+        table = pd.concat([sae, neuron], ignore_index=True).assign(task=construction)
+        frames.append(table)
         comparisons[construction] = compare(scores["relp"], scores["ig"])
-        relp_f = df[df["method"] == "relp"].set_index("top_k")["faithfulness"]
-        ig_f = df[df["method"] == "ig"].set_index("top_k")["faithfulness"]
+        relp_f = table[table["method"] == "relp"].set_index("top_k")["faithfulness"]
+        ig_f = table[table["method"] == "ig"].set_index("top_k")["faithfulness"]
         gap = (relp_f - ig_f).abs()
         comparisons[construction]["max_gap"] = float(gap.max())
         comparisons[construction]["max_gap_at"] = float(gap.idxmax())
-        comparisons[construction]["m_full"] = float(df["m_full"].iloc[0])
-        comparisons[construction]["m_empty"] = float(df["m_empty"].iloc[0])
+        comparisons[construction]["m_full"] = float(table["m_full"].iloc[0])
+        comparisons[construction]["m_empty"] = float(table["m_empty"].iloc[0])
         print(f"{construction}: attributed and swept in {time.perf_counter() - start:.1f}s "
-              f"(m(M) = {df['m_full'].iloc[0]:.2f}, m(∅) = {df['m_empty'].iloc[0]:.2f})",
+              f"(m(M) = {table['m_full'].iloc[0]:.2f}, m(∅) = {table['m_empty'].iloc[0]:.2f})",
               file=sys.stderr)
-        plot_sweep(df, args.out / construction, title=f"organism, {construction}")
+        plot_sweep(table, args.out / construction, title=f"organism, {construction}")
     table = pd.concat(frames, ignore_index=True)
     table.to_csv(args.out / "sweep.csv", index=False)
     plot_sweep(table, args.out / "all", facet="task", title="organism: mean-ablation sweeps")

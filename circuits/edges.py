@@ -491,7 +491,7 @@ def _upstream_dots(
     eb, ep, ej = delta.feature_index.unbind(-1)  # [K]
     cols = lookup[ep * n_nodes + ej] if per_position else lookup[ej]
     keep = cols >= 0
-    eb, ep, ej, cols, df = eb[keep], ep[keep], ej[keep], cols[keep], delta.d_features[keep]
+    eb, ep, ej, cols, d_f = eb[keep], ep[keep], ej[keep], cols[keep], delta.d_features[keep]
     if len(cols) == 0:
         return out
     # features: per token row, the moved selected features there (padded to the fullest row):
@@ -499,11 +499,11 @@ def _upstream_dots(
     W = model.dictionaries[delta.site.name].W_dec.detach()
     rows, which = (eb * pos + ep).unique(return_inverse=True)  # [U], [K]
     order = which.argsort(stable=True)
-    which, ej, cols, df = which[order], ej[order], cols[order], df[order]
+    which, ej, cols, d_f = which[order], ej[order], cols[order], d_f[order]
     counts = torch.bincount(which, minlength=len(rows))  # [U]
     slot = torch.arange(len(which), device=g.device) - (counts.cumsum(0) - counts)[which]  # [K]
     w_rows = W.new_zeros(len(rows), int(counts.max()), W.shape[1])  # [U, k_max, d]
     w_rows[which, slot] = W[ej]
     h = torch.bmm(g.flatten(1, 2)[:, rows].transpose(0, 1), w_rows.transpose(1, 2))  # [U, N, k]
-    out.index_add_(1, cols, (h[which, :, slot] * df[:, None]).T)
+    out.index_add_(1, cols, (h[which, :, slot] * d_f[:, None]).T)
     return out

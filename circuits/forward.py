@@ -1,4 +1,5 @@
-"""Forward passes the methods share: record activations at hook points, compute the metric.
+"""Forward passes: record activations at hook points, compute the metric. The one forward metric
+of the toolkit: discovery (node and edge attribution) and evaluation (ablation) both use it.
 
 Every method runs the *plain* transformer_lens model: the splice is the identity in the forward
 pass and in the gradient (see saes/splice.py), so activations and gradients at a site are the
@@ -6,8 +7,9 @@ same with or without dictionaries, and node deltas come from encoding the site a
 (circuits/nodes.py). Patching methods may start the forward pass at a site's layer from the
 cached clean residual stream (``start_at_layer``), skipping the unchanged prefix.
 
-The metric is tasks.metrics.logit_diff(kind="discovery"): logit[patch answer] − logit[clean
-answer] at the last real position. It is computed from the final residual stream at that
+The metric is tasks.metrics.logit_diff's "discovery" sign: logit[patch answer] − logit[clean
+answer] at the last real position (evaluation/ablation.py negates it for its correct − incorrect
+sign). It is computed from the final residual stream at that
 position and the two answer columns of the unembedding only (the final norm is applied inside
 the hooks context, so LRP rule hooks on it still apply): the same value without the
 [batch, pos, vocab] logits, which dominate a small model's forward pass.

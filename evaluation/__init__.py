@@ -4,12 +4,12 @@ Reads scores and circuits (selections of nodes); never computes attributions.
 """
 
 from evaluation.ablation import NodeMeans, ablated_metrics, node_means
-from evaluation.faithfulness import Faithfulness, completeness, faithfulness
+from evaluation.faithfulness import AblationRatio, completeness, faithfulness
 from evaluation.plot import plot_sweep
 from evaluation.sweep import sweep
 
 __all__ = [
-    "Faithfulness",
+    "AblationRatio",
     "NodeMeans",
     "ablated_metrics",
     "completeness",

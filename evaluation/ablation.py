@@ -9,16 +9,17 @@ evaluation set, per token position:
 through ``SplicedModel.spliced(edit=...)``: features and error nodes alike. On a bare model
 (no dictionaries) a site's one node is the whole component, ablated the same way. A selection is
 ``dict[site, bool]`` shaped like that site's scores: [n_nodes] keeps a node at every position,
-[pos, n_nodes] per position (see circuits/select.py). Ablating every node of every site gives
-m(∅); the plain (unspliced) model gives m(M).
+[pos, n_nodes] per position (see circuits/select.py); every node site must be named. Ablating
+every node of every site gives m(∅); the plain (unspliced) model gives m(M).
 
 ``intact_layers=k`` leaves every site of layers 0..k-1 unablated; ``embed`` counts as layer 0
 here, so it stays intact whenever k >= 1 (k = 0, the default, ablates everything outside).
 
 Many selections run in one forward pass: S selections × b prompts are stacked along the batch
 axis ([S·b, seq]) and each selection's masks broadcast over its b rows, never copied per row.
-The metric is tasks.metrics.logit_diff(kind="evaluation"), logit[clean answer] − logit[patch
-answer] on the clean prompts, averaged over the evaluation set.
+The metric is discovery's (circuits.forward.metric) with the evaluation sign, logit[clean
+answer] − logit[patch answer] on the clean prompts, averaged over the evaluation set. Masks are
+checked by circuits.select.check_selection, the validator attribution and edges use too.
 """
 
 from __future__ import annotations

@@ -71,11 +71,11 @@ def agreement(scores: Mapping[str, Scores], exact: Scores, by: str = "site") -> 
     return pd.DataFrame(rows, columns=["method", "site", "r", "n_nodes"])
 
 
-def agreement_table(df: pd.DataFrame) -> str:
+def agreement_table(table: pd.DataFrame) -> str:
     """The agreement DataFrame as a markdown table: one row per site, one column per method."""
-    wide = df.pivot(index="site", columns="method", values="r")
-    sites = list(dict.fromkeys(df["site"]))
-    methods = list(dict.fromkeys(df["method"]))
+    wide = table.pivot(index="site", columns="method", values="r")
+    sites = list(dict.fromkeys(table["site"]))
+    methods = list(dict.fromkeys(table["method"]))
     lines = ["| site | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
     for site in sites:
         cells = [f"{wide.loc[site, m]:.3f}" if not math.isnan(wide.loc[site, m]) else "n/a"

@@ -36,11 +36,13 @@ MIN_GAP = 1e-3  # |m(M) − m(∅)| below this: the ratio is reported as NaN
 
 
 @dataclass(frozen=True)
-class Faithfulness:
-    """A faithfulness (or completeness) value with the raw metrics it comes from."""
+class AblationRatio:
+    """What faithfulness and completeness both are: the share of the behaviour a set of kept
+    nodes recovers, (m(kept) − m(∅)) / (m(M) − m(∅)), with the raw metrics it comes from. For
+    faithfulness the kept nodes are the circuit C, for completeness its complement M ∖ C."""
 
     value: float  # NaN when |m_full − m_empty| < min_gap
-    m_circuit: float  # m(C), or m(M ∖ C) for completeness
+    m_circuit: float  # m(kept): m(C), or m(M ∖ C) for completeness
     m_empty: float  # m(∅)
     m_full: float  # m(M)
     n_nodes: int  # nodes kept (the complement's count for completeness)
@@ -87,7 +89,7 @@ def _evaluate(
     batch_size: int,
     min_gap: float,
     what: str,
-) -> Faithfulness:
+) -> AblationRatio:
     data = prepare(model, data)
     means = node_means(model, data) if means is None else means
     empty = full_selection(model, False)
@@ -96,7 +98,7 @@ def _evaluate(
         batch_size=batch_size,
     ).tolist()
     value = ratio(m_c, m_empty, m_full, min_gap=min_gap, what=what)
-    return Faithfulness(value, m_c, m_empty, m_full, count(selection))
+    return AblationRatio(value, m_c, m_empty, m_full, count(selection))
 
 
 def faithfulness(
@@ -108,7 +110,7 @@ def faithfulness(
     intact_layers: int = 0,
     batch_size: int = 256,
     min_gap: float = MIN_GAP,
-) -> Faithfulness:
+) -> AblationRatio:
     """(m(C) − m(∅)) / (m(M) − m(∅)) with the nodes outside ``circuit`` mean-ablated.
 
     circuit: a Circuit or a selection dict site -> bool [n_nodes] / [pos, n_nodes].
@@ -129,8 +131,8 @@ def completeness(
     intact_layers: int = 0,
     batch_size: int = 256,
     min_gap: float = MIN_GAP,
-) -> Faithfulness:
-    """Faithfulness of the complement M ∖ C: near 0 when C holds all the model needs."""
+) -> AblationRatio:
+    """The ablation ratio of the complement M ∖ C: near 0 when C holds all the model needs."""
     selection = complement(as_selection(circuit))
     return _evaluate(model, selection, data, means, intact_layers, batch_size, min_gap,
                      "completeness")

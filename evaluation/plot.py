@@ -15,7 +15,7 @@ NEEDED = ("method", "n_nodes", "faithfulness", "completeness")
 
 
 def plot_sweep(
-    df: pd.DataFrame,
+    table: pd.DataFrame,
     out: str | Path | None = None,
     *,
     facet: str | None = None,
@@ -27,19 +27,19 @@ def plot_sweep(
     out: a path without (or with any) suffix; writes ``out.png`` and ``out.svg``. Returns the
     matplotlib Figure.
     """
-    missing = [c for c in NEEDED + ((facet,) if facet else ()) if c not in df.columns]
+    missing = [c for c in NEEDED + ((facet,) if facet else ()) if c not in table.columns]
     if missing:
         raise ValueError(
             f"sweep table lacks columns {missing}; pass the DataFrame evaluation.sweep returns"
         )
-    facets = list(dict.fromkeys(df[facet])) if facet else [None]
-    methods = list(dict.fromkeys(df["method"]))
+    facets = list(dict.fromkeys(table[facet])) if facet else [None]
+    methods = list(dict.fromkeys(table["method"]))
     colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
     fig, axes = plt.subplots(
         2, len(facets), figsize=(3.6 * len(facets) + 0.8, 6.2), squeeze=False, sharex="col"
     )
     for j, value in enumerate(facets):
-        part = df if value is None else df[df[facet] == value]
+        part = table if value is None else table[table[facet] == value]
         for i, column in enumerate(("faithfulness", "completeness")):
             ax = axes[i, j]
             for method in methods:

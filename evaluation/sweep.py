@@ -101,7 +101,7 @@ def sweep(
     # every (label, grid point): C and M ∖ C; distinct selections run once
     unique: dict[bytes, int] = {}
     selections: list[dict[str, Tensor] | None] = [None, full_selection(model, False)]
-    plan: list[tuple[str, float, int, int, float, int, int]] = []  # label, t, k, n, e, i_c, i_r
+    points: list[tuple[str, float, int, int, float, int, int]] = []  # label, t, k, n, e, i_c, i_r
     for label, s in labelled.items():
         for point in grid:
             if mode == "threshold":
@@ -111,7 +111,7 @@ def sweep(
             kept = [_index(sel, unique, selections), _index(complement(sel), unique, selections)]
             threshold = point if mode == "threshold" else _smallest_kept(s, sel)
             n_edges = count_edges(edges[label], sel, edge_threshold) if label in edges else math.nan
-            plan.append(
+            points.append(
                 (label, threshold, point if mode == "top_k" else -1, count(sel), n_edges, *kept)
             )
     means = node_means(model, data) if means is None else means
@@ -123,7 +123,7 @@ def sweep(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         rows = []
-        for label, threshold, top_k, n, n_edges, i_c, i_rest in plan:
+        for label, threshold, top_k, n, n_edges, i_c, i_rest in points:
             rows.append({
                 "method": label,
                 "threshold": threshold,
