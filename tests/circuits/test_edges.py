@@ -22,13 +22,6 @@ def data(tiny: SplicedModel) -> Dataset:
     return tiny.tokenize(sva.generate("across_pp", 5, seed=2, tokenizer=tiny.tokenizer))
 
 
-@pytest.fixture(scope="module")
-def sequential(neox_tokenizer) -> SplicedModel:
-    from tests.conftest import tiny_spliced
-
-    return tiny_spliced(neox_tokenizer, parallel=False, seed=1)
-
-
 def everything(model: SplicedModel, seq: int | None = None) -> dict[str, torch.Tensor]:
     """Select every node of every site ([n_nodes], or [seq, n_nodes] per position)."""
     out = {}
