@@ -52,13 +52,13 @@ def imported(node: ast.Import | ast.ImportFrom, module: str, is_package: bool) -
 
 
 def violations(root: Path) -> list[str]:
-    found = []
+    found: list[str] = []
     for package in PACKAGES:
         for path in sorted((root / package).rglob("*.py")):
             rel = path.relative_to(root)
             is_package = path.name == "__init__.py"
             module = ".".join(rel.with_suffix("").parts[: -1 if is_package else None])
-            own = layer(module)
+            own = layer(module) or package
             for node in ast.walk(ast.parse(path.read_text(), filename=str(rel))):
                 if not isinstance(node, ast.Import | ast.ImportFrom):
                     continue

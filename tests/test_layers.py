@@ -17,7 +17,7 @@ def check(root: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_repository_keeps_its_layers():
+def test_repository_keeps_its_layers() -> None:
     result = check(REPO)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -53,7 +53,7 @@ EXPECTED = {
 }
 
 
-def test_check_reports_each_violation(tmp_path: Path):
+def test_check_reports_each_violation(tmp_path: Path) -> None:
     for name, text in TREE.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
@@ -62,7 +62,7 @@ def test_check_reports_each_violation(tmp_path: Path):
     assert set(result.stdout.splitlines()) == EXPECTED
 
 
-def test_cli_module_form_may_import_everything(tmp_path: Path):
+def test_cli_module_form_may_import_everything(tmp_path: Path) -> None:
     (tmp_path / "circuits").mkdir()
     (tmp_path / "circuits" / "cli.py").write_text("from evaluation import sweep\n")
     assert check(tmp_path).returncode == 0
