@@ -10,8 +10,13 @@ TopK architecture) or as the identity (neurons as nodes).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
 
 
 class Dictionary(nn.Module):
@@ -70,7 +75,7 @@ class Dictionary(nn.Module):
         return f @ self.W_dec + self.b_dec
 
     @classmethod
-    def from_sae_lens(cls, sae: nn.Module) -> Dictionary:
+    def from_sae_lens(cls, sae: SAE) -> Dictionary:
         """Copy the weights of a sae_lens SAE (standard, jumprelu or topk)."""
         cfg = sae.cfg
         architecture = cfg.architecture()

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -50,7 +50,7 @@ WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "gemma.json"
 TOKENIZER_DIR = "tokenizer"
 # right, as tasks.pairs.Dataset and the Pythia models (the GGUF tokenizer says left)
-PADDING_SIDE = "right"
+PADDING_SIDE: Literal["right"] = "right"
 
 
 class GemmaPackagesMissing(ImportError):
@@ -80,7 +80,9 @@ def load_gemma(
         with _timed("load from cache %s", cache):
             state_dict = load_file(cache / WEIGHTS_FILE)  # memory-mapped, copy-on-write
             with _timed("tokenizer from cache"):
-                tokenizer = AutoTokenizer.from_pretrained(cache / TOKENIZER_DIR)
+                tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(
+                    cache / TOKENIZER_DIR
+                )
             return _build(state_dict, tokenizer, dtype=dtype, device=device)
     with _timed("first load from GGUF (cache %s)", cache):
         hf_model, tokenizer = load_hf_from_gguf()

@@ -55,9 +55,15 @@ def neox_to_hooked(
     dtype: torch.dtype = torch.float32,
 ) -> HookedTransformer:
     """A HookedTransformer with the checkpoint's weights, unprocessed."""
+    if not isinstance(hf_model.config, GPTNeoXConfig):
+        raise TypeError(
+            f"{type(hf_model).__name__} has a {type(hf_model.config).__name__}; neox_to_hooked "
+            "converts GPT-NeoX checkpoints (GPTNeoXConfig) only"
+        )
     cfg = hooked_config(hf_model.config, device=device, dtype=dtype)
     model = HookedTransformer(cfg, tokenizer=tokenizer, default_padding_side="right")
-    state_dict = convert_neox_weights(hf_model.to(dtype), cfg)
+    # transformers types .to as torch's unbound Module.to (@wraps), so the dtype reads as `self`
+    state_dict = convert_neox_weights(hf_model.to(dtype), cfg)  # type: ignore[arg-type]
     model.load_and_process_state_dict(
         state_dict,
         fold_ln=False,

@@ -21,6 +21,7 @@ import logging
 import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -38,7 +39,7 @@ TOKENIZER_FILE = (
 REVISION = "0" * 40  # the snapshot folder name; any commit hash works offline
 
 # config.json of EleutherAI/pythia-70m-deduped on the hub
-PYTHIA_70M_CONFIG = {
+PYTHIA_70M_CONFIG: dict[str, Any] = {
     "architectures": ["GPTNeoXForCausalLM"],
     "bos_token_id": 0,
     "eos_token_id": 0,

@@ -43,6 +43,9 @@ class SiteNodes:
 
 # edit(site, features, error) -> (features, error); called inside the forward pass
 Edit = Callable[[Site, Tensor, Tensor], tuple[Tensor, Tensor]]
+# a forward hook as transformer_lens' hooks() and run_with_hooks() take them, in a list:
+# (hook point name or a filter on names, hook(activation, hook) -> activation or None)
+TLHook = tuple[str | Callable[[str], bool], Callable[..., Tensor | None]]
 
 
 class SplicedModel:
@@ -164,7 +167,7 @@ class SplicedModel:
                 raise ValueError(
                     f"no dictionary at site {name!r}; spliced sites are {list(self.dictionaries)}"
                 )
-        hooks = [
+        hooks: list[TLHook] = [
             (self.site(n).hook_name, self._splice_hook(self.site(n), edit, record)) for n in names
         ]
         with self.transformer.hooks(fwd_hooks=hooks):

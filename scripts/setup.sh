@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything on a fresh machine: CPU torch first (from the local wheel), then the
-# package with its test tools, then Debian's graphviz for `dot` (SVG rendering).
+# package with its test tools (the dev extra: pytest, ruff, mypy and the stubs mypy needs), then
+# Debian's graphviz for `dot` (SVG rendering).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q torch==2.13.0

@@ -5,11 +5,12 @@ indirect-object pairs; `tokenize` turns pairs into a `Dataset` for one tokenizer
 """
 
 from . import ioi, sva
-from .metrics import accuracy, last_logits, logit_diff
+from .metrics import MetricUse, accuracy, last_logits, logit_diff
 from .pairs import Dataset, PromptPair, neox_tokenizer, tokenize, tokenizer_id
 
 __all__ = [
     "Dataset",
+    "MetricUse",
     "PromptPair",
     "accuracy",
     "ioi",

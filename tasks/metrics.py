@@ -8,11 +8,16 @@ Two signs of one logit difference:
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 
 from .pairs import Dataset
 
-KINDS = ("discovery", "evaluation")
+MetricUse = Literal["discovery", "evaluation"]
+"""What a logit difference is used for, which fixes its sign: "discovery" (patch - clean answer,
+the attribution target) or "evaluation" (clean - patch answer, the faithfulness metric)."""
+USES: tuple[MetricUse, ...] = get_args(MetricUse)
 
 
 def last_logits(logits: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -43,16 +48,16 @@ def _answer_logits(logits: torch.Tensor, data: Dataset) -> tuple[torch.Tensor, t
     return clean, patch
 
 
-def logit_diff(logits: torch.Tensor, data: Dataset, kind: str = "discovery") -> torch.Tensor:
+def logit_diff(logits: torch.Tensor, data: Dataset, use: MetricUse = "discovery") -> torch.Tensor:
     """Per-pair logit difference [b] at the last real position.
 
     logits: [b, seq, vocab] (or [b, vocab], already at the last position).
-    kind "discovery": patch - clean answer; kind "evaluation": clean - patch answer.
+    use "discovery": patch - clean answer; use "evaluation": clean - patch answer.
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown logit_diff kind {kind!r}; use one of {KINDS}")
+    if use not in USES:
+        raise ValueError(f"unknown logit_diff use {use!r}; pass one of {USES}")
     clean, patch = _answer_logits(logits, data)
-    return patch - clean if kind == "discovery" else clean - patch
+    return patch - clean if use == "discovery" else clean - patch
 
 
 def accuracy(logits: torch.Tensor, data: Dataset) -> float:

@@ -155,7 +155,7 @@ def encode_all(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase) -> list
 
 
 def _pieces(ids: list[int], tokenizer: PreTrainedTokenizerBase) -> list[str]:
-    return [tokenizer.decode([i]) for i in ids]
+    return tokenizer.batch_decode([[i] for i in ids])  # each id decoded alone
 
 
 def _answer_ids(answers: Sequence[str], tokenizer: PreTrainedTokenizerBase) -> dict[str, list[int]]:

@@ -171,7 +171,8 @@ def read_jsonl(path: str | Path) -> list[PromptPair]:
             missing = [k for k in _KEYS if k not in row]
             if missing:
                 raise ValueError(f"{path}:{line_no} lacks keys {missing}; each line needs {_KEYS}")
-            out.append(PromptPair(*(row[k] for k in _KEYS), row.get("case", "")))
+            clean, patch, clean_answer, patch_answer = (row[k] for k in _KEYS)
+            out.append(PromptPair(clean, patch, clean_answer, patch_answer, row.get("case", "")))
     return out
 
 

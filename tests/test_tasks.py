@@ -120,7 +120,7 @@ def test_logit_diff_reads_last_real_position():
     logits[2, 0, 3], logits[2, 0, 7] = 0.5, 0.25  # row 2: length 1 -> position 0
     expected = torch.tensor([1.0 - 3.0, 4.0 - (-1.0), 0.25 - 0.5])
     assert torch.allclose(logit_diff(logits, data), expected)
-    assert torch.allclose(logit_diff(logits, data, kind="evaluation"), -expected)
+    assert torch.allclose(logit_diff(logits, data, use="evaluation"), -expected)
     assert accuracy(logits, data) == pytest.approx(2 / 3)
     assert torch.equal(last_logits(logits, data.lengths)[1], logits[1, 3])
     assert torch.allclose(logit_diff(last_logits(logits, data.lengths), data), expected)
@@ -128,8 +128,8 @@ def test_logit_diff_reads_last_real_position():
 
 def test_metric_errors():
     data = _hand_dataset()
-    with pytest.raises(ValueError, match="unknown logit_diff kind 'probs'"):
-        logit_diff(torch.zeros(3, 4, 10), data, kind="probs")
+    with pytest.raises(ValueError, match="unknown logit_diff use 'probs'"):
+        logit_diff(torch.zeros(3, 4, 10), data, use="probs")
     with pytest.raises(ValueError, match="batch 2 but data has 3"):
         logit_diff(torch.zeros(2, 4, 10), data)
     with pytest.raises(ValueError, match="lengths must lie in"):

@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 
@@ -23,8 +24,20 @@ from saes.loader import ORGANISM_DIR, load
 from saes.organism import metrics
 from saes.organism.data import HELDOUT_SEED_OFFSET, token_rows
 
+
+class Targets(TypedDict):
+    agreement: float  # lowest accuracy
+    variance_explained: float  # lowest
+    l0: tuple[int, int]  # mean L0 range
+    dead: float  # highest dead fraction (exclusive)
+    loss_recovered: float  # lowest
+    agreement_no_error: float  # lowest
+    size_mb: float  # highest shipped size
+    train_minutes: float  # highest training time
+
+
 # targets of the organism (issue text)
-TARGETS = {
+TARGETS: Targets = {
     "agreement": 0.97,
     "variance_explained": 0.90,
     "l0": (5, 60),

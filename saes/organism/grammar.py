@@ -216,7 +216,7 @@ class Grammar:
             if rng.random() < 0.5:
                 words += [HAVE[num] if present else "had", *self.object(rng)]
             else:
-                verb = rng.choice(TRANSITIVE)
+                verb: tuple[str, ...] = rng.choice(TRANSITIVE)  # the verb's forms
                 words += [HAVE[num] if present else "had", verb[3], *self.object(rng)]
         elif r < 0.48:  # do-support
             words += [DO[num] if present else "did", "not", *self.base_phrase(rng, allow_be=False)]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from saes.splice import SplicedModel
+from saes.splice import SplicedModel, TLHook
 from tasks import Dataset, accuracy, sva
 
 # (construction, source) pairs the card reports; files exist for three constructions
@@ -81,8 +81,8 @@ def subject_attention(
     scores = []
     for layer in range(cfg.n_layers):
         pattern = cache[f"blocks.{layer}.attn.hook_pattern"]  # [n, head, query, key]
-        weight = pattern[rows, :, last, subject_pos].mean(0)  # [head]
-        scores += [(weight[h].item(), layer, h) for h in range(cfg.n_heads)]
+        weights = pattern[rows, :, last, subject_pos].mean(0)  # [head]
+        scores += [(weights[h].item(), layer, h) for h in range(cfg.n_heads)]
     out = []
     for weight, layer, head in sorted(scores, reverse=True)[:top]:
 
@@ -136,10 +136,12 @@ def dictionary_stats(
 ) -> list[DictionaryStats]:
     """Per spliced site, on held-out grammar rows [n, seq] and agreement sets."""
     hooks = {s.hook_name: s.name for s in model.spliced_sites}
-    clean_parts, acts = [], {name: [] for name in hooks.values()}
+    clean_parts: list[float] = []
+    acts: dict[str, list[Tensor]] = {name: [] for name in hooks.values()}  # [tokens, d_model]
     for part in rows.split(batch):
         logits, cache = model.transformer.run_with_cache(part, names_filter=lambda n: n in hooks)
-        clean_parts.append(_loss(logits, part) * len(part))
+        # transformer_lens' overload says Output; with the default return_type it is the logits
+        clean_parts.append(_loss(logits, part) * len(part))  # type: ignore[arg-type]
         for hook_name, name in hooks.items():
             acts[name].append(cache[hook_name].flatten(0, 1))
     loss_clean = sum(clean_parts) / len(rows)
@@ -150,7 +152,7 @@ def dictionary_stats(
         f = dictionary.encode(x)  # [tokens, d_sae]
         x_hat = dictionary.decode(f)
         variance = (x - x.mean(0)).pow(2).sum()
-        zero_hook = [(site.hook_name, lambda act, hook: torch.zeros_like(act))]
+        zero_hook: list[TLHook] = [(site.hook_name, lambda act, hook: torch.zeros_like(act))]
         zero, no_error = 0.0, 0.0
         for part in rows.split(batch):
             zeroed = model.transformer.run_with_hooks(part, fwd_hooks=zero_hook)

@@ -20,7 +20,9 @@ N_LAYERS, D_MODEL, N_HEADS, D_MLP, ROTARY_PCT, N_CTX = 4, 64, 4, 256, 0.25, 128
 
 
 def config(vocab_size: int, *, bos_token_id: int, eos_token_id: int) -> GPTNeoXConfig:
-    return GPTNeoXConfig(
+    # rotary_pct and rotary_emb_base: transformers 4 takes them as arguments, 5 still accepts them
+    # (into rope_parameters) though its dataclass signature omits them
+    return GPTNeoXConfig(  # type: ignore[call-arg]
         vocab_size=vocab_size,
         hidden_size=D_MODEL,
         num_hidden_layers=N_LAYERS,
