@@ -79,7 +79,7 @@ def queries_keys(model: SplicedModel, layer: int, r: Tensor, pos: Tensor) -> tup
     base: Gemma's local and global layers differ), as transformer_lens's attention computes them.
     """
     cfg = model.transformer.cfg
-    block = model.transformer.blocks[layer]
+    block = model.block(layer)
     attn = block.attn
     x = block.ln1(r)
     q = torch.einsum("...d,hde->...he", x, attn.W_Q) + attn.b_Q  # [..., h, dh]
@@ -99,7 +99,7 @@ def queries_keys(model: SplicedModel, layer: int, r: Tensor, pos: Tensor) -> tup
 
 def _rotate(model: SplicedModel, layer: int, x: Tensor, pos: Tensor) -> Tensor:
     """Rotary embedding of x [..., h, d_head] at positions pos [...]."""
-    attn = model.transformer.blocks[layer].attn
+    attn = model.block(layer).attn
     rd = model.transformer.cfg.rotary_dim
     x_rot, x_pass = x[..., :rd], x[..., rd:]
     cos = attn.rotary_cos[pos].unsqueeze(-2).to(x.dtype)  # [..., 1, rd]
@@ -109,7 +109,7 @@ def _rotate(model: SplicedModel, layer: int, x: Tensor, pos: Tensor) -> Tensor:
 
 def scaled_scores(model: SplicedModel, layer: int, raw: Tensor) -> Tensor:
     """Scaled and soft-capped query·key dot products (before masks and position biases)."""
-    attn = model.transformer.blocks[layer].attn
+    attn = model.block(layer).attn
     return apply_softcap(raw / attn.attn_scale, model.transformer.cfg.attn_scores_soft_cap)
 
 
@@ -165,7 +165,7 @@ def node_qk_terms(
 
 def values(model: SplicedModel, a: int, x: Tensor) -> Tensor:
     """Values [c, h, dh] (GQA heads repeated) of block a from residual inputs x [c, d]."""
-    block = model.transformer.blocks[a]
+    block = model.block(a)
     attn = block.attn
     grouped = hasattr(attn, "repeat_kv_heads") and not model.cfg.ungroup_grouped_query_attention
     W_V, b_V = (attn._W_V, attn._b_V) if grouped else (attn.W_V, attn.b_V)

@@ -25,10 +25,10 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
-from circuits.forward import Entry, Hook, Targets, entry, forward, valid_positions
+from circuits.forward import Entry, Targets, entry, forward, valid_positions
 from circuits.nodes import SiteDelta, site_delta
 from saes.sites import Site
-from saes.splice import SplicedModel
+from saes.splice import SplicedModel, TLHook
 from tasks.pairs import Dataset
 
 
@@ -53,7 +53,7 @@ class AttributionContext:
 
     # ---- the clean run -----------------------------------------------------------------------
     def run_clean(
-        self, *, record: Sequence[str] = (), hooks: Sequence[Hook] = (), grad: bool = False
+        self, *, record: Sequence[str] = (), hooks: Sequence[TLHook] = (), grad: bool = False
     ) -> Tensor:
         """Run the clean prompts once, recording the sites' hook points and ``record``, with
         ``hooks`` active (e.g. LRP rules, which change only the backward); returns the metric

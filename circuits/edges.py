@@ -55,7 +55,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuits.context import AttributionContext
-from circuits.forward import Hook
 from circuits.lrp_rules import rule_hooks, rules_for
 from circuits.methods import EDGE_METHODS, IGOptions, Options, RuledOptions  # noqa: F401
 from circuits.methods import method as method_record
@@ -65,7 +64,7 @@ from circuits.scores import read_tensors, write_tensors
 from circuits.select import Selection, check_selection
 from circuits.types import Aggregation
 from saes.sites import Site, attn_out, resid_mid, resid_pre, upstream
-from saes.splice import SplicedModel
+from saes.splice import SplicedModel, TLHook
 from tasks.pairs import Dataset, PromptPair
 
 log = logging.getLogger(__name__)
@@ -210,7 +209,7 @@ def attribute_edges(
         raise ValueError("the dataset is empty; pass at least one prompt pair")
     graph = site_graph(model)
     masks, aggregation = _edge_masks(model, selection, data)
-    hooks: list[Hook] = []
+    hooks: list[TLHook] = []
     if isinstance(options, RuledOptions):
         options = dataclasses.replace(options, rules=rules_for(model, options.rules))
         hooks = rule_hooks(model.transformer, options.rules or ())
@@ -289,7 +288,7 @@ def _edges_of_batch(
     graph: SiteGraph,
     masks: Selection,
     nodes: dict[str, Tensor],
-    hooks: list[Hook],
+    hooks: list[TLHook],
     weights: dict[tuple[str, str], Tensor],
     metric: dict[str, Tensor],
 ) -> None:
@@ -323,7 +322,7 @@ def _edges_of_batch(
 
 
 def _site_states(
-    ctx: AttributionContext, options: Options, hooks: list[Hook], read: set[str]
+    ctx: AttributionContext, options: Options, hooks: list[TLHook], read: set[str]
 ) -> dict[str, _SiteState]:
     """Per-site state. Gradients are needed only at the sites in ``read``; ig (steps backward
     passes per site) computes no others. The clean run also records every block's input."""
@@ -413,7 +412,7 @@ class _Block:
     """One forward of block L from its clean input, kept for batched VJPs of its sublayers."""
 
     def __init__(
-        self, model: SplicedModel, layer: int, clean: dict[str, Tensor], hooks: list[Hook]
+        self, model: SplicedModel, layer: int, clean: dict[str, Tensor], hooks: list[TLHook]
     ):
         tl = model.transformer
         self.pre = clean[resid_pre(layer)].detach().requires_grad_(True)  # [b, pos, d]
@@ -433,8 +432,8 @@ class _Block:
         if not self.parallel:
             fwd.append((resid_mid(layer), cut_mid))
         with torch.enable_grad(), tl.hooks(fwd_hooks=fwd):
-            tl.blocks[layer](self.pre)
-        self.tl, self.block, self.hooks = tl, tl.blocks[layer], list(hooks)
+            model.block(layer)(self.pre)
+        self.tl, self.block, self.hooks = tl, model.block(layer), list(hooks)
         self.attn = out["attn"]
         self.mlp_in = self.pre if self.parallel else mid_leaf["x"]
 

@@ -17,7 +17,7 @@ the hooks context, so LRP rule hooks on it still apply): the same value without 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,10 +25,8 @@ from torch import Tensor
 from transformer_lens.utilities.activation_functions import apply_softcap
 
 from saes.sites import Site, final_resid, resid_post, resid_pre
-from saes.splice import SplicedModel
+from saes.splice import SplicedModel, TLHook
 from tasks.pairs import Dataset
-
-Hook = tuple[str, Callable]
 
 
 @dataclass
@@ -96,7 +94,7 @@ def entry(model: SplicedModel, site: Site) -> Entry:
     return Entry(site.layer + 1, resid_post(site.layer), None)
 
 
-def recorder(names: Sequence[str], store: dict[str, Tensor]) -> list[Hook]:
+def recorder(names: Sequence[str], store: dict[str, Tensor]) -> list[TLHook]:
     """Hooks that store the activation at each hook point (the very tensor the model uses).
 
     With gradients enabled, an activation that does not require grad (parameters frozen, or a
@@ -119,7 +117,7 @@ def forward(
     targets: Targets,
     *,
     record: Sequence[str] = (),
-    hooks: Sequence[Hook] = (),
+    hooks: Sequence[TLHook] = (),
     start_at_layer: int | None = None,
     grad: bool = False,
 ) -> tuple[Tensor, dict[str, Tensor]]:

@@ -33,22 +33,24 @@ checkpoint (the offline Pythia has random weights), so the measurement does not 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from circuits.types import RuleName
 from saes.sites import mlp_point
-from saes.splice import SplicedModel
+from saes.splice import SplicedModel, TLHook
 
-RULES: dict[str, str] = {
+RULES: dict[RuleName, str] = {
     "ln": "LayerNorm/RMSNorm scale treated as constant (hook_scale detached)",
     "identity": "activation function passes relevance unchanged: derivative act(x)/x",
     "half": "gated MLP product act(gate)·up sends half the relevance to each factor",
     "ah": "attention pattern treated as constant (hook_pattern detached)",
 }
 
-FAMILIES: dict[str, tuple[str, ...]] = {
+FAMILIES: dict[str, tuple[RuleName, ...]] = {
     "neox": ("ln", "identity"),
     "gpt2": ("ln", "identity"),
     "gemma": ("ln", "identity", "half", "ah"),  # AH: measured, see the module docstring
@@ -58,10 +60,8 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 
 EPS = 1e-6  # |pre-activation| below this: use act(±EPS)/(±EPS) as the identity-rule ratio
 
-Hook = tuple[str, Callable]
 
-
-def rules_for(model: SplicedModel, rules: Sequence[str] | None) -> tuple[str, ...]:
+def rules_for(model: SplicedModel, rules: Sequence[str] | None) -> tuple[RuleName, ...]:
     """The rule set to use: ``rules`` if given, else the model family's set."""
     if rules is None:
         if model.family not in FAMILIES:
@@ -76,7 +76,7 @@ def rules_for(model: SplicedModel, rules: Sequence[str] | None) -> tuple[str, ..
     unknown = [r for r in rules if r not in RULES]
     if unknown:
         raise ValueError(f"unknown LRP rule(s) {unknown}; choose from {list(RULES)}")
-    return tuple(dict.fromkeys(rules))
+    return tuple(cast(RuleName, r) for r in dict.fromkeys(rules))
 
 
 def keep_value(y: Tensor, z: Tensor) -> Tensor:
@@ -84,9 +84,9 @@ def keep_value(y: Tensor, z: Tensor) -> Tensor:
     return y.detach() + (z - z.detach())
 
 
-def rule_hooks(model: HookedTransformer, rules: Sequence[str]) -> list[Hook]:
+def rule_hooks(model: HookedTransformer, rules: Sequence[str]) -> list[TLHook]:
     """Forward hooks implementing ``rules`` on a transformer_lens model."""
-    hooks: list[Hook] = []
+    hooks: list[TLHook] = []
     names = list(model.hook_dict)
     if "ln" in rules:
         hooks += [(n, _detach_hook) for n in names if n.endswith("hook_scale")]
@@ -128,7 +128,7 @@ def _ratio(pre: Tensor, post: Tensor, act_fn: Callable[[Tensor], Tensor]) -> Ten
 
 def _mlp_hooks(
     layer: int, act_fn: Callable[[Tensor], Tensor], gated: bool, identity: bool, half: bool
-) -> list[Hook]:
+) -> list[TLHook]:
     """Hooks at blocks.L.mlp: capture the pre-activation (and up projection), rewrite post."""
     seen: dict[str, Tensor] = {}
     pre_name, up_name = mlp_point(layer, "pre"), mlp_point(layer, "pre_linear")
@@ -148,7 +148,7 @@ def _mlp_hooks(
         z = w * a_grad * up.detach() + w * a * up
         return keep_value(post, z)
 
-    hooks = [(pre_name, capture), (mlp_point(layer, "post"), post_hook)]
+    hooks: list[TLHook] = [(pre_name, capture), (mlp_point(layer, "post"), post_hook)]
     if gated:
         hooks.insert(1, (up_name, capture))
     return hooks

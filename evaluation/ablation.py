@@ -151,10 +151,10 @@ def ablated_metrics(
     seq = data.seq_len
     sites = model.node_sites
     intact = {s.name for s in sites if max(s.layer, 0) < intact_layers}
-    masks = [None if sel is None else _per_position(check_selection(model, sel, seq), seq)
-             for sel in selections]
-    plain = [i for i, m in enumerate(masks) if m is None]
-    ablate = [i for i, m in enumerate(masks) if m is not None]
+    masks = {i: _per_position(check_selection(model, sel, seq), seq)
+             for i, sel in enumerate(selections) if sel is not None}
+    plain = [i for i, sel in enumerate(selections) if sel is None]
+    ablate = list(masks)
     totals = torch.zeros(len(selections), dtype=torch.float64)
 
     rows = min(len(data), batch_size)  # prompts per forward

@@ -84,7 +84,7 @@ def sweep(
     edges = dict(edges or {})
     data = prepare(model, data)
     if thresholds is not None:
-        grid = sorted({float(t) for t in thresholds}, reverse=True)
+        grid: list[float] = sorted({float(t) for t in thresholds}, reverse=True)
         bad = [t for t in grid if math.isnan(t) or t < 0]
         if bad:
             raise ValueError(f"thresholds must be numbers >= 0, got {bad}")
@@ -107,13 +107,12 @@ def sweep(
             if mode == "threshold":
                 sel = select_nodes(s, node_threshold=point)
             else:
-                sel = select_nodes(s, top_k=point)
-            kept = [_index(sel, unique, selections), _index(complement(sel), unique, selections)]
+                sel = select_nodes(s, top_k=int(point))
+            i_c, i_r = _index(sel, unique, selections), _index(complement(sel), unique, selections)
             threshold = point if mode == "threshold" else _smallest_kept(s, sel)
             n_edges = count_edges(edges[label], sel, edge_threshold) if label in edges else math.nan
-            points.append(
-                (label, threshold, point if mode == "top_k" else -1, count(sel), n_edges, *kept)
-            )
+            top_k = int(point) if mode == "top_k" else -1
+            points.append((label, threshold, top_k, count(sel), n_edges, i_c, i_r))
     means = node_means(model, data) if means is None else means
     metrics = ablated_metrics(
         model, data, selections, means=means, intact_layers=intact_layers,

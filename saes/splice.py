@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -114,6 +115,11 @@ class SplicedModel:
         """Nodes of a site: d_sae features then the error node, or 1 (the component) when bare."""
         name = site if isinstance(site, str) else site.name
         return 1 if self.components_only else self.dictionaries[name].d_sae + 1
+
+    def block(self, layer: int) -> Any:
+        """Block ``layer`` of the transformer. Typed Any: its attention's attributes depend on the
+        architecture (grouped-query attention keeps _W_K, QK-norm adds q_norm, ...)."""
+        return self.transformer.blocks[layer]
 
     def site(self, name: str) -> Site:
         return site_by_name(self.cfg, name)

@@ -15,12 +15,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from circuits.context import AttributionContext
-from circuits.forward import Hook
 from circuits.methods.base import Options, SiteScores
 from circuits.nodes import linear_scores
+from saes.splice import TLHook
 
 
-def attribution_patching(ctx: AttributionContext, hooks: Sequence[Hook] = ()) -> SiteScores:
+def attribution_patching(ctx: AttributionContext, hooks: Sequence[TLHook] = ()) -> SiteScores:
     """AtP scores per site [b, pos, n_nodes]; ``hooks`` change the clean backward (RelP)."""
     ctx.run_clean(hooks=hooks, grad=True)
     grads = ctx.gradients(ctx.site_hooks)

@@ -43,7 +43,9 @@ moved nodes. The attention recomputation is circuits/attention.py, shared with R
 """
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Sequence
+from functools import reduce
 
 import torch
 from torch import Tensor
@@ -103,8 +105,8 @@ def variant_estimates(
     for i, dropped in enumerate(variants):
         for layer in range(n_layers):
             gates[layer] = 0.0 if layer == dropped else 1.0
-        g = ctx.gradients(wanted, retain_graph=i < len(variants) - 1)
-        grads.append(dict(zip(wanted, g, strict=True)))
+        variant = ctx.gradients(wanted, retain_graph=i < len(variants) - 1)
+        grads.append(dict(zip(wanted, variant, strict=True)))
     acts = ctx.clean
     qk = {a: clean_qk(model, a, acts[h.input]) for a, h in attn.items()}
     # u[v][a]: gradient at layer a's input through its attention scores only, [b, seq, d]
@@ -120,7 +122,7 @@ def variant_estimates(
         for v, g in enumerate(grads):
             site_grad = g[site.hook_name]
             if reads and v != own:
-                through_scores = sum(u[v][a] for a in reads)
+                through_scores = reduce(operator.add, [u[v][a] for a in reads])
                 site_grad = -through_scores if site_grad is None else site_grad - through_scores
             estimates.append(linear_scores(model, delta, None if v == own else site_grad))
         for a in reads:

@@ -211,7 +211,7 @@ def _column_block(
 ) -> tuple[Tensor, Tensor]:
     """Block a on the columns x [c, d] (position p [c] of example b [c]): (the columns after
     the block [c, d], the hop term of the other rows [c])."""
-    block = model.transformer.blocks[a]
+    block = model.block(a)
     attn = block.attn
     q_new, k_new = queries_keys(model, a, x, p)  # [c, h, dh]
     v_new = attention_values(model, a, x)  # [c, h, dh]
@@ -256,7 +256,7 @@ def _column_block(
 
 def _mlp_out(model: SplicedModel, a: int, x: Tensor) -> Tensor:
     """Block a's MLP contribution (hook_mlp_out) from the residual it reads, [c, d]."""
-    block = model.transformer.blocks[a]
+    block = model.block(a)
     out = block.mlp(block.ln2(x)[:, None])[:, 0]
     if model.cfg.use_normalization_before_and_after:
         out = block.ln2_post(out)
