@@ -233,10 +233,10 @@ def discover(args: argparse.Namespace) -> None:
             "model": model.name, "task": args.task, "method": args.method,
             "edge_method": None if args.no_edges else edge_method,
             "n_discovery": len(train), "n_evaluation": len(test),
-            "node_threshold": circuit.meta["node_threshold"], "top_k": args.top_k,
+            "node_threshold": circuit.meta.node_threshold, "top_k": args.top_k,
             "edge_threshold": args.edge_threshold,
             "n_nodes": circuit.n_nodes, "n_edges": circuit.n_edges,
-            "n_error_nodes": sum(1 for _, k in circuit.graph.nodes(data="kind") if k == "error"),
+            "n_error_nodes": sum(1 for _, r in circuit.graph.nodes(data="role") if r == "error"),
             "faithfulness": _finite(faith.value), "completeness": _finite(complete.value),
             "m_full": faith.m_full, "m_empty": faith.m_empty, "m_circuit": faith.m_circuit,
             "m_complement": complete.m_circuit,
@@ -344,7 +344,7 @@ def evaluate_command(args: argparse.Namespace) -> None:
     check_task(args.task)
     circuit = read_circuit(args.circuit)
     # a neuron-baseline circuit names its model "<model>+neurons" (identity dictionaries)
-    model_name, neurons, _ = (args.model or str(circuit.meta.get("model"))).partition("+")
+    model_name, neurons, _ = (args.model or circuit.meta.model).partition("+")
     if model_name not in MODELS:
         raise UsageError(f"the circuit's model {model_name!r} is not one of {MODELS}; "
                          "pass --model")
@@ -389,10 +389,10 @@ def compare_command(args: argparse.Namespace) -> None:
     methods = split_list(args.methods)
     check_methods(methods, [m for m in METHODS if m != "exact"])
     with run_dir(args.out, f"compare-{args.task}", args) as run:
-        bare = args.bare or args.model == "gemma-3-270m"
-        model = load_model(args.model, args.device, False if bare else None)
+        components_only = args.bare or args.model == "gemma-3-270m"
+        model = load_model(args.model, args.device, False if components_only else None)
         train, _ = load_pairs(args.task, model, args.n, 0)
-        aggregation = "none" if bare else "sum"
+        aggregation = "none" if components_only else "sum"
         timings = {}
         all_scores = {}
         for method in ["exact", *methods]:
@@ -402,7 +402,7 @@ def compare_command(args: argparse.Namespace) -> None:
             timings[method] = time.perf_counter() - started
             all_scores[method].save(run.work / f"scores-{_file_safe(method)}.safetensors")
         exact = all_scores.pop("exact")
-        table = agreement(all_scores, exact, by="kind" if bare else "site")
+        table = agreement(all_scores, exact, by="kind" if components_only else "site")
         table.to_csv(run.work / "agreement.csv", index=False)
         base = timings.get("atp")
         times = " · ".join(
@@ -410,7 +410,7 @@ def compare_command(args: argparse.Namespace) -> None:
             for m, t in timings.items()
         )
         text = (f"Pearson r against exact patching, {len(train)} {args.task} pairs, "
-                f"{model.name}{' (components)' if bare else ''}\n\n"
+                f"{model.name}{' (components)' if components_only else ''}\n\n"
                 f"{agreement_table(table)}\n\ntimes: {times}\n")
         (run.work / "agreement.md").write_text(text)
         print("\n" + text)

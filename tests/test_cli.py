@@ -157,5 +157,5 @@ def test_discover_with_a_method_without_edges_of_its_own(tmp_path):
                  "--out", str(out), *SMALL]) == 0
     summary = json.loads((out / "summary.json").read_text())
     circuit = Circuit.load(out / "circuit.json")
-    assert summary["edge_method"] == "atp" and circuit.meta["edge_method"] == "atp"
-    assert circuit.meta["method"] == "atp*" and circuit.n_edges > 0
+    assert summary["edge_method"] == "atp" and circuit.meta.edge_method == "atp"
+    assert circuit.meta.method == "atp*" and circuit.n_edges > 0
