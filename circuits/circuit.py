@@ -2,10 +2,13 @@
 
 A node is one feature or error node of a site (at one position when positions are kept); an
 edge u -> d carries the weight of circuits/edges.py, and the last sites' nodes have an edge to
-the `metric` node. The Circuit remembers what it was built from (`CircuitMeta`: method, model,
-aggregation, thresholds, number of examples, the per-site score shapes, the prompt tokens per
-position), so that ``selection()`` gives back masks shaped exactly like the scores, also after a
-JSON round trip. Drawing is in circuits/render.py.
+the `metric` node. Edges are computed with the method the registry names for the scores'
+method (``METHODS[method].edges``: atp for exact and atp*, relp for relp* and column), with the
+options the scores record (relp's rules, ig's steps); ``edge_method`` overrides it.
+The Circuit remembers what it was built from (`CircuitMeta`: method, model, aggregation,
+thresholds, number of examples, the per-site score shapes, the prompt tokens per position), so
+that ``selection()`` gives back masks shaped exactly like the scores, also after a JSON round
+trip. Drawing is in circuits/render.py.
 
 Node ids: ``"{site}/{feature}"``, ``"{site}/err"`` (error node) or ``"{site}"`` (a component of
 a model without dictionaries), with ``"@{pos}"`` appended when positions are kept; the metric is
@@ -26,8 +29,9 @@ import torch
 from torch import Tensor
 
 from circuits import render
-from circuits.edges import EDGE_METHODS, METRIC, EdgeScores, attribute_edges
+from circuits.edges import METRIC, EdgeScores, attribute_edges
 from circuits.meta import CircuitMeta
+from circuits.methods import EDGE_METHODS, METHODS
 from circuits.scores import Scores
 from circuits.select import select_nodes
 from circuits.types import NodeRole
@@ -156,6 +160,7 @@ def build(
     top_k: int | None = None,
     edge_threshold: float | None = None,
     edges: EdgeScores | bool | None = None,
+    edge_method: str | None = None,
     model: SplicedModel | None = None,
     data: Dataset | Sequence[PromptPair] | None = None,
     tokens: Sequence[str] | None = None,
@@ -166,8 +171,9 @@ def build(
     """The circuit of the nodes with |score| >= node_threshold (or the top_k nodes), and the
     edges among them with |weight| >= edge_threshold (None: every non-zero edge).
 
-    edges: precomputed EdgeScores; True, or None with model and data given: computed here with
-    scores.method (and its options: ig steps, relp rules); None without model: nodes only.
+    edges: precomputed EdgeScores; True, or None with model and data given: computed here (see
+    ``circuit_edges``: with ``METHODS[scores.method].edges``, or ``edge_method`` if given, and
+    the options the scores record); False, or None without model: nodes only.
     Neither threshold given: default_node_threshold(scores). aggregation "sum" turns per-position
     scores into position-summed ones (None: the scores' own). tokens: one label per position.
     """
@@ -182,8 +188,18 @@ def build(
     if data is not None and model is not None:
         data = model.tokenize(data if isinstance(data, Dataset) else list(data))
     if edges is True or (edges is None and model is not None and data is not None):
-        edges = _compute_edges(scores, selection, model, data, batch_size, progress)
-    elif edges is False:
+        if model is None or data is None:
+            raise ValueError("edges=True needs the model and data: build(scores, edges=True, "
+                             "model=model, data=data), or pass edges=attribute_edges(...)")
+        edges = circuit_edges(scores, selection, model, data, edge_method=edge_method,
+                              batch_size=batch_size, progress=progress)
+    elif edge_method is not None and not isinstance(edges, EdgeScores):
+        raise ValueError(f"edge_method={edge_method!r} needs edges computed here: pass model= "
+                         "and data= (and not edges=False), or drop edge_method=")
+    elif isinstance(edges, EdgeScores) and edge_method not in (None, edges.method):
+        raise ValueError(f"edge_method={edge_method!r} but the edges given were computed with "
+                         f"{edges.method!r}; drop one of edges= and edge_method=")
+    if not isinstance(edges, EdgeScores):
         edges = None
     if edges is not None:
         _check_edges(scores, selection, edges)
@@ -224,6 +240,36 @@ def build(
     return Circuit(graph, meta)
 
 
+def circuit_edges(
+    scores: Scores,
+    selection: dict[str, Tensor],
+    model: SplicedModel,
+    data: Dataset | Sequence[PromptPair],
+    *,
+    edge_method: str | None = None,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> EdgeScores:
+    """Edges among ``selection`` for a circuit of ``scores``: computed with the method that
+    defines the scores' method's edges (``METHODS[scores.method].edges``), or ``edge_method``
+    (one of EDGE_METHODS), with the options the scores record that it takes (relp's rules, ig's
+    steps; otherwise its defaults)."""
+    if edge_method is None:
+        if scores.method not in METHODS:
+            raise ValueError(f"scores of method {scores.method!r} are of no registered method; "
+                             f"pass edge_method= (one of {', '.join(EDGE_METHODS)})")
+        edge_method = METHODS[scores.method].edges
+    if edge_method not in EDGE_METHODS:
+        raise ValueError(f"edge_method {edge_method!r} has no edge definition; use one of "
+                         f"{', '.join(EDGE_METHODS)}")
+    options = {name: scores.options[name] for name in METHODS[edge_method].option_names
+               if scores.options.get(name) is not None}
+    if "rules" in options:
+        options["rules"] = tuple(options["rules"])
+    return attribute_edges(model, data, edge_method, selection, batch_size=batch_size,
+                           progress=progress, **options)
+
+
 def _aggregate(scores: Scores, aggregation: str | None) -> Scores:
     if aggregation is None or aggregation == scores.aggregation:
         return scores
@@ -234,24 +280,6 @@ def _aggregate(scores: Scores, aggregation: str | None) -> Scores:
     raise ValueError(f"cannot build a circuit with aggregation {aggregation!r} from scores with "
                      f"aggregation {scores.aggregation!r}; attribute with aggregation="
                      f"{aggregation!r}")
-
-
-def _compute_edges(scores, selection, model, data, batch_size, progress) -> EdgeScores:
-    if model is None or data is None:
-        raise ValueError("edges=True needs the model and data: build(scores, edges=True, "
-                         "model=model, data=data), or pass edges=attribute_edges(...)")
-    if scores.method not in EDGE_METHODS:
-        raise ValueError(
-            f"scores of method {scores.method!r} have no edge definition; edges are computed "
-            f"with {EDGE_METHODS}: attribute nodes with one of them, or pass edges="
-            "attribute_edges(model, data, 'atp', select_nodes(scores, ...)) explicitly"
-        )
-    rules = scores.options.get("rules") if scores.method == "relp" else None
-    return attribute_edges(
-        model, data, scores.method, selection, batch_size=batch_size,
-        steps=int(scores.options.get("steps", 10)),
-        rules=None if rules is None else tuple(rules), progress=progress,
-    )
 
 
 def _check_edges(scores: Scores, selection: dict[str, Tensor], edges: EdgeScores) -> None:

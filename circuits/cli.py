@@ -30,9 +30,8 @@ from pathlib import Path
 import pandas as pd
 
 from circuits.attribute import attribute
-from circuits.circuit import Circuit, build, default_node_threshold
-from circuits.edges import EDGE_METHODS, attribute_edges
-from circuits.methods import METHODS
+from circuits.circuit import Circuit, build, circuit_edges
+from circuits.methods import EDGE_METHODS, METHODS, IGOptions
 from circuits.select import select_nodes
 from circuits.top import top_nodes
 from evaluation import completeness, faithfulness, node_means, plot_sweep, sweep
@@ -42,8 +41,7 @@ from tasks import sva
 from tasks.pairs import PromptPair
 
 RUN_MARKER = "run.json"  # written last into every run directory
-# edges of methods without an edge definition of their own: their nearest gradient method
-EDGE_FALLBACK = {"relp*": "relp", "column": "relp", "atp*": "atp", "exact": "atp"}
+OPTION_FLAGS = {"steps": "--steps", "rules": "--rules"}  # method option -> its flag
 
 
 class UsageError(Exception):
@@ -174,19 +172,19 @@ def load_pairs(task: str, model, n: int, eval_n: int) -> tuple[list[PromptPair],
     return pairs[:n], pairs[n : n + eval_n]
 
 
-def rules_arg(text: str | None) -> list[str] | None:
-    if text is None:
-        return None
-    return [] if text == "none" else split_list(text)
+def given_options(args: argparse.Namespace) -> dict:
+    """The method options given on the command line (flags left out are absent)."""
+    rules = None if args.rules is None else [] if args.rules == "none" else split_list(args.rules)
+    given = {"steps": args.steps, "rules": rules}
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def method_kwargs(method: str, args: argparse.Namespace) -> dict:
-    kwargs: dict = {"batch_size": args.batch_size, "progress": not args.quiet}
-    if method == "ig":
-        kwargs["steps"] = args.steps
-    if METHODS[method].takes_rules and args.rules is not None:
-        kwargs["rules"] = rules_arg(args.rules)
-    return kwargs
+    """attribute() keywords for ``method``: batch size, progress, and of the method options given
+    on the command line those that are the method's own (``METHODS[method].option_names``)."""
+    own = METHODS[method].option_names
+    return {"batch_size": args.batch_size, "progress": not args.quiet,
+            **{k: v for k, v in given_options(args).items() if k in own}}
 
 
 def load_model(name: str, device: str | None, dictionaries=None):
@@ -207,8 +205,19 @@ def discover(args: argparse.Namespace) -> None:
         raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
     if args.node_threshold is not None and args.top_k is not None:
         raise UsageError("give --node-threshold or --top-k, not both")
-    edge_method = args.edge_method or EDGE_FALLBACK.get(args.method, args.method)
-    check_methods([edge_method], EDGE_METHODS)
+    if args.edge_method is not None:
+        check_methods([args.edge_method], EDGE_METHODS)
+        # build takes the edge method's options from the node scores: a flag the node method
+        # does not take would not reach the edges
+        node, edge = METHODS[args.method].option_names, METHODS[args.edge_method].option_names
+        for name in given_options(args):
+            if name in edge and name not in node:
+                raise UsageError(
+                    f"{OPTION_FLAGS[name]} would not reach the {args.edge_method} edges: they "
+                    f"take their options from the node scores, and method {args.method!r} "
+                    f"takes no {OPTION_FLAGS[name]}; drop it or score nodes with "
+                    f"--method {args.edge_method}"
+                )
     with run_dir(args.out, f"{args.task}-{args.method}", args) as run:
         model = load_model(args.model, args.device)
         train, test = load_pairs(args.task, model, args.n, args.eval_n)
@@ -219,9 +228,9 @@ def discover(args: argparse.Namespace) -> None:
         started = time.perf_counter()
         circuit = build(
             scores, node_threshold=args.node_threshold, top_k=args.top_k,
-            edge_threshold=args.edge_threshold,
-            edges=False if args.no_edges else _edges(model, train, scores, edge_method, args),
-            model=model, data=train,
+            edge_threshold=args.edge_threshold, edges=False if args.no_edges else None,
+            edge_method=None if args.no_edges else args.edge_method,
+            model=model, data=train, batch_size=args.batch_size, progress=not args.quiet,
         )
         edge_seconds = time.perf_counter() - started
         circuit.save(run.work / "circuit.json")
@@ -231,7 +240,7 @@ def discover(args: argparse.Namespace) -> None:
         complete = completeness(model, circuit, test, means=means)
         summary = {
             "model": model.name, "task": args.task, "method": args.method,
-            "edge_method": None if args.no_edges else edge_method,
+            "edge_method": circuit.meta.edge_method,
             "n_discovery": len(train), "n_evaluation": len(test),
             "node_threshold": circuit.meta.node_threshold, "top_k": args.top_k,
             "edge_threshold": args.edge_threshold,
@@ -261,19 +270,6 @@ def discover(args: argparse.Namespace) -> None:
             print(f"{node.label:<32} {node.score:>10.4f}")
         print(f"\nfiles: scores.safetensors circuit.json {Path(svg).name} summary.json "
               "top_nodes.json")
-
-
-def _edges(model, train, scores, edge_method: str, args):
-    """Edges computed with the scoring method, or with ``edge_method`` for methods (exact,
-    atp*) that have no edge definition."""
-    if edge_method == scores.method:
-        return None  # build computes them with the scores' own method and options
-    threshold = args.node_threshold
-    if threshold is None and args.top_k is None:
-        threshold = default_node_threshold(scores)
-    selection = select_nodes(scores, node_threshold=threshold, top_k=args.top_k)
-    return attribute_edges(model, train, edge_method, selection,
-                           **method_kwargs(edge_method, args))
 
 
 def _finite(value: float) -> float | None:
@@ -321,8 +317,8 @@ def sweep_command(args: argparse.Namespace) -> None:
 def _sweep_edges(model, train, scores, args):
     """Edges once per method among its top --edge-nodes nodes; sweep counts those kept."""
     selection = select_nodes(scores, top_k=args.edge_nodes)
-    kwargs = method_kwargs(scores.method, args)
-    return attribute_edges(model, train, scores.method, selection, **kwargs)
+    return circuit_edges(scores, selection, model, train, batch_size=args.batch_size,
+                         progress=not args.quiet)
 
 
 def _file_safe(method: str) -> str:
@@ -431,14 +427,24 @@ def _common(p: argparse.ArgumentParser, *, n: int | None = 100, eval_n: int | No
         p.add_argument("--eval-n", type=_positive, default=eval_n,
                        help=f"held-out pairs for evaluation (default {eval_n})")
     p.add_argument("--batch-size", type=_positive, default=32, help="pairs per batch (32)")
-    p.add_argument("--steps", type=_positive, default=10, help="ig interpolation steps (10)")
+    p.add_argument("--steps", type=_positive, default=None,
+                   help=f"ig interpolation steps (default {IGOptions.steps})")
+    ruled = ", ".join(m for m, record in METHODS.items() if record.takes_rules)
     p.add_argument("--rules", default=None,
-                   help="LRP rules of relp, relp* and column, comma-separated "
-                        "(ln,identity,half,ah) or 'none' (default: the model family's set)")
+                   help=f"LRP rules of {ruled}, comma-separated (ln,identity,half,ah) or 'none' "
+                        "(default: the model family's set)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--out", type=Path, default=None,
                    help="run directory (default runs/<what>-<time>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _edge_defaults() -> str:
+    """'atp, ig, relp: their own; exact, atp* -> atp; ...' from the method registry."""
+    own = [m for m, record in METHODS.items() if record.edges == m]
+    taken = {e: [m for m, record in METHODS.items() if record.edges == e != m] for e in own}
+    return "; ".join([f"{', '.join(own)}: their own"]
+                     + [f"{', '.join(ms)} -> {e}" for e, ms in taken.items() if ms])
 
 
 def _positive(text: str) -> int:
@@ -473,8 +479,8 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--edge-threshold", type=float, default=None,
                    help="keep edges with |weight| >= this (default: every non-zero edge)")
     d.add_argument("--edge-method", default=None,
-                   help=f"edge attribution ({', '.join(EDGE_METHODS)}); default: the node "
-                        "method, or atp for exact and atp*, relp for relp* and column")
+                   help=f"edge attribution ({', '.join(EDGE_METHODS)}); default: the library's "
+                        f"edge method of the node method ({_edge_defaults()})")
     d.add_argument("--no-edges", action="store_true", help="nodes only")
     d.add_argument("--top", type=int, default=15, help="nodes to list (15)")
     d.set_defaults(func=discover)
@@ -490,8 +496,9 @@ def parser() -> argparse.ArgumentParser:
                    help="circuit sizes (top k nodes), e.g. '5,10,20,50' (default: 0 and 16 "
                         "counts spaced geometrically up to all nodes)")
     s.add_argument("--edges", action="store_true",
-                   help="also count edges (n_edges): edge attribution once per method among its "
-                        "top --edge-nodes nodes; larger circuits get n_edges NaN")
+                   help=f"also count edges (n_edges) of the methods with edges of their own "
+                        f"({', '.join(EDGE_METHODS)}): edge attribution once per method among "
+                        "its top --edge-nodes nodes; larger circuits get n_edges NaN")
     s.add_argument("--edge-nodes", type=_positive, default=500,
                    help="nodes among which --edges computes edges (500)")
     s.set_defaults(func=sweep_command)

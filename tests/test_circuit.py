@@ -117,11 +117,43 @@ def test_without_graphviz_the_dot_source_is_written(circuit, tmp_path, monkeypat
     assert not (tmp_path / "c.svg").exists()
 
 
-def test_methods_without_edges_are_refused_with_the_fix(scores, tiny, data):
-    unsigned = dataclasses.replace(scores, method="atp*")
-    with pytest.raises(ValueError, match="no edge definition.*attribute_edges"):
-        build(unsigned, top_k=5, model=tiny, data=data)
+def test_edges_come_from_the_registry_or_edge_method(scores, tiny, data):
+    """atp* has no edge definition: its edges are atp's (METHODS["atp*"].edges); edge_method
+    overrides, and one without an edge definition is refused with the choices."""
+    unsigned = dataclasses.replace(scores, method="atp*", options={})
+    selection = select_nodes(unsigned, top_k=5)
+    star = build(unsigned, top_k=5, model=tiny, data=data)
+    atp = attribute_edges(tiny, data, "atp", selection, progress=False)
+    assert star.meta.edge_method == "atp" and star.meta.method == "atp*"
+    assert star.n_edges == atp.n_edges > 0
+    relp = build(unsigned, top_k=5, model=tiny, data=data, edge_method="relp")
+    expected = attribute_edges(tiny, data, "relp", selection, progress=False)
+    assert relp.meta.edge_method == "relp"
+    weights = {(u, v): w for u, v, w in relp.graph.edges(data="weight")}
+    for up, u, down, d, weight in expected.edges():
+        target = "metric" if down == "metric" else _node(unsigned, down, d)[0]
+        assert weights[(_node(unsigned, up, u)[0], target)] == weight
+    with pytest.raises(ValueError, match="no edge definition; use one of atp, ig, relp"):
+        build(unsigned, top_k=5, model=tiny, data=data, edge_method="exact")
+    with pytest.raises(ValueError, match="edge_method='atp' needs edges computed here"):
+        build(unsigned, top_k=5, edge_method="atp")
+    with pytest.raises(ValueError, match="computed with 'atp'"):
+        build(unsigned, top_k=5, edges=atp, edge_method="relp")
     assert build(unsigned, top_k=5).n_edges == 0  # nodes only is fine
+
+
+def test_edges_use_the_options_the_scores_record(tiny, data):
+    """relp scores with rules=() (plain AtP backward): their relp edges use () too."""
+    plain = attribute(tiny, data, "relp", rules=(), progress=False)
+    circuit = build(plain, top_k=8, model=tiny, data=data)
+    edges = attribute_edges(tiny, data, "relp", select_nodes(plain, top_k=8), rules=(),
+                            progress=False)
+    assert plain.options["rules"] == [] and circuit.meta.edge_method == "relp"
+    weights = {(u, v): w for u, v, w in circuit.graph.edges(data="weight")}
+    assert len(weights) == edges.n_edges > 0
+    for up, u, down, d, weight in edges.edges():
+        target = "metric" if down == "metric" else _node(plain, down, d)[0]
+        assert weights[(_node(plain, up, u)[0], target)] == weight
 
 
 def test_a_circuit_file_of_the_first_format_still_reads(tmp_path):

@@ -104,6 +104,9 @@ def test_compare_tables_methods_against_exact(tmp_path):
         (["discover", "--node-threshold", "-1"], "--node-threshold must be a number"),
         (["sweep", "--thresholds", "0.1,abc"], "is not a comma-separated list"),
         (["discover", "--n", "0"], "must be at least 1"),
+        (["discover", "--edge-method", "exact"], "unknown method(s) ['exact']"),
+        (["discover", "--method", "atp", "--edge-method", "relp", "--rules", "ln"],
+         "--rules would not reach the relp edges"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_nothing_written(argv, message, tmp_path, capsys):
