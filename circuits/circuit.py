@@ -2,13 +2,17 @@
 
 A node is one feature or error node of a site (at one position when positions are kept); an
 edge u -> d carries the weight of circuits/edges.py, and the last sites' nodes have an edge to
-the `metric` node. The Circuit remembers what it was built from (method, model, aggregation,
+the `metric` node. Edges are computed with the method the registry names for the scores'
+method (``METHODS[method].edges``: atp for exact and atp*, relp for relp* and column), with the
+options the scores record (relp's rules, ig's steps); ``edge_method`` overrides it.
+The Circuit remembers what it was built from (`CircuitMeta`: method, model, aggregation,
 thresholds, number of examples, the per-site score shapes, the prompt tokens per position), so
 that ``selection()`` gives back masks shaped exactly like the scores, also after a JSON round
 trip. Drawing is in circuits/render.py.
 
-Node ids: ``"{site}/{feature}"``, ``"{site}/err"`` (error node) or ``"{site}"`` (a bare
-component), with ``"@{pos}"`` appended when positions are kept; the metric is ``"metric"``.
+Node ids: ``"{site}/{feature}"``, ``"{site}/err"`` (error node) or ``"{site}"`` (a component of
+a model without dictionaries), with ``"@{pos}"`` appended when positions are kept; the metric is
+``"metric"``. Each node's ``role`` (`NodeRole`) says which: feature, error, component, metric.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +28,18 @@ import networkx as nx
 import torch
 from torch import Tensor
 
-from circuits.edges import EDGE_METHODS, METRIC, EdgeScores, attribute_edges
+from circuits import render
+from circuits.edges import METRIC, EdgeScores, attribute_edges
+from circuits.meta import CircuitMeta
+from circuits.methods import EDGE_METHODS, METHODS
 from circuits.scores import Scores
 from circuits.select import select_nodes
+from circuits.types import NodeRole
 from saes.splice import SplicedModel
 from tasks.pairs import Dataset, PromptPair
 
-FORMAT = "circuits.circuit/1"
+FORMAT = "circuits.circuit/2"  # /2: nodes carry "role" (was "kind"), meta "components_only"
+OLD_FORMATS = ("circuits.circuit/1",)  # still read
 DEFAULT_RELATIVE_THRESHOLD = 0.01  # of the total effect; see default_node_threshold
 DEFAULT_MAX_NODES = 500  # the default threshold keeps at most this many nodes (ties aside)
 
@@ -40,12 +49,12 @@ class Circuit:
     """A circuit: ``graph`` (nx.DiGraph) plus what it was built from (``meta``)."""
 
     graph: nx.DiGraph
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: CircuitMeta
 
     @property
     def n_nodes(self) -> int:
         """Feature, error and component nodes (the metric node not counted)."""
-        return sum(1 for _, kind in self.graph.nodes(data="kind") if kind != "metric")
+        return sum(1 for _, role in self.graph.nodes(data="role") if role != "metric")
 
     @property
     def n_edges(self) -> int:
@@ -53,7 +62,7 @@ class Circuit:
 
     @property
     def site_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {k: tuple(v) for k, v in self.meta["site_shapes"].items()}
+        return dict(self.meta.site_shapes)
 
     def to_networkx(self) -> nx.DiGraph:
         """A copy of the graph for one's own analysis."""
@@ -63,7 +72,7 @@ class Circuit:
         """site -> bool mask shaped like that site's scores: True at the circuit's nodes."""
         masks = {s: torch.zeros(shape, dtype=torch.bool) for s, shape in self.site_shapes.items()}
         for _, attrs in self.graph.nodes(data=True):
-            if attrs["kind"] == "metric":
+            if attrs["role"] == "metric":
                 continue
             mask = masks[attrs["site"]]
             if mask.ndim == 2:
@@ -74,28 +83,32 @@ class Circuit:
 
     def __repr__(self) -> str:
         m = self.meta
-        return (f"Circuit({m.get('method')!r} on {m.get('model')!r}, {self.n_nodes} nodes, "
-                f"{self.n_edges} edges, aggregation={m.get('aggregation')!r})")
+        return (f"Circuit({m.method!r} on {m.model!r}, {self.n_nodes} nodes, "
+                f"{self.n_edges} edges, aggregation={m.aggregation!r})")
 
     # ---- persistence -------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         nodes = [{"id": n, **attrs} for n, attrs in self.graph.nodes(data=True)]
         edges = [{"source": u, "target": v, **attrs} for u, v, attrs in self.graph.edges(data=True)]
-        return {"format": FORMAT, "meta": self.meta, "nodes": nodes, "edges": edges}
+        return {"format": FORMAT, "meta": self.meta.to_json(), "nodes": nodes, "edges": edges}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Circuit:
-        if data.get("format") != FORMAT:
-            raise ValueError(f"not a circuit file of format {FORMAT!r} (got "
-                             f"{data.get('format')!r}); write it with Circuit.save")
+        """From ``to_json``'s dict, or one of an older format (nodes with "kind", not "role")."""
+        version = data.get("format")
+        if version != FORMAT and version not in OLD_FORMATS:
+            raise ValueError(f"not a circuit file of format {FORMAT!r} (got {version!r}); "
+                             "write it with Circuit.save")
         graph = nx.DiGraph()
         for node in data["nodes"]:
             attrs = dict(node)
+            if version in OLD_FORMATS:
+                attrs = {"role" if k == "kind" else k: v for k, v in attrs.items()}
             graph.add_node(attrs.pop("id"), **attrs)
         for edge in data["edges"]:
             attrs = dict(edge)
             graph.add_edge(attrs.pop("source"), attrs.pop("target"), **attrs)
-        return cls(graph, data["meta"])
+        return cls(graph, CircuitMeta.from_json(data["meta"]))
 
     def save(self, path: str | Path) -> Path:
         """Write the circuit as JSON (floats written exactly: the round trip is lossless)."""
@@ -111,18 +124,14 @@ class Circuit:
             raise FileNotFoundError(f"no circuit file at {path}; write one with Circuit.save")
         return cls.from_json(json.loads(path.read_text()))
 
-    # ---- drawing -----------------------------------------------------------------------------
+    # ---- drawing (circuits/render.py) --------------------------------------------------------
     def to_dot(self) -> str:
-        """Graphviz source (circuits/render.py)."""
-        from circuits.render import to_dot
-
-        return to_dot(self)
+        """Graphviz source."""
+        return render.to_dot(self.graph, self.meta)
 
     def to_svg(self, path: str | Path) -> Path:
         """Draw to an SVG file; without Graphviz installed, write the .dot source and warn."""
-        from circuits.render import to_svg
-
-        return to_svg(self, path)
+        return render.to_svg(self.graph, self.meta, path)
 
 
 def default_node_threshold(scores: Scores) -> float:
@@ -151,6 +160,7 @@ def build(
     top_k: int | None = None,
     edge_threshold: float | None = None,
     edges: EdgeScores | bool | None = None,
+    edge_method: str | None = None,
     model: SplicedModel | None = None,
     data: Dataset | Sequence[PromptPair] | None = None,
     tokens: Sequence[str] | None = None,
@@ -161,8 +171,9 @@ def build(
     """The circuit of the nodes with |score| >= node_threshold (or the top_k nodes), and the
     edges among them with |weight| >= edge_threshold (None: every non-zero edge).
 
-    edges: precomputed EdgeScores; True, or None with model and data given: computed here with
-    scores.method (and its options: ig steps, relp rules); None without model: nodes only.
+    edges: precomputed EdgeScores; True, or None with model and data given: computed here (see
+    ``circuit_edges``: with ``METHODS[scores.method].edges``, or ``edge_method`` if given, and
+    the options the scores record); False, or None without model: nodes only.
     Neither threshold given: default_node_threshold(scores). aggregation "sum" turns per-position
     scores into position-summed ones (None: the scores' own). tokens: one label per position.
     """
@@ -177,8 +188,18 @@ def build(
     if data is not None and model is not None:
         data = model.tokenize(data if isinstance(data, Dataset) else list(data))
     if edges is True or (edges is None and model is not None and data is not None):
-        edges = _compute_edges(scores, selection, model, data, batch_size, progress)
-    elif edges is False:
+        if model is None or data is None:
+            raise ValueError("edges=True needs the model and data: build(scores, edges=True, "
+                             "model=model, data=data), or pass edges=attribute_edges(...)")
+        edges = circuit_edges(scores, selection, model, data, edge_method=edge_method,
+                              batch_size=batch_size, progress=progress)
+    elif edge_method is not None and not isinstance(edges, EdgeScores):
+        raise ValueError(f"edge_method={edge_method!r} needs edges computed here: pass model= "
+                         "and data= (and not edges=False), or drop edge_method=")
+    elif isinstance(edges, EdgeScores) and edge_method not in (None, edges.method):
+        raise ValueError(f"edge_method={edge_method!r} but the edges given were computed with "
+                         f"{edges.method!r}; drop one of edges= and edge_method=")
+    if not isinstance(edges, EdgeScores):
         edges = None
     if edges is not None:
         _check_edges(scores, selection, edges)
@@ -187,40 +208,66 @@ def build(
     seq = next(iter(scores.sites.values())).shape[0] if per_position else None
     tokens = _tokens(tokens, model, data, seq)
     graph = nx.DiGraph()
-    order = list(scores.sites)
     for row, (site, mask) in enumerate(selection.items()):
-        values = scores.sites[site].detach().cpu()
+        values = scores.sites[site].detach().cpu().flatten()
         layer = _layer(site)
-        n_nodes = values.shape[-1]
         for flat in mask.flatten().nonzero()[:, 0].tolist():
-            pos, index = divmod(flat, n_nodes) if per_position else (None, flat)
-            node_id, kind = _node_id(site, index, pos, n_nodes, scores.components_only)
+            node_id, role, pos, index = _node(scores, site, flat)
             graph.add_node(
-                node_id, site=site, layer=layer, row=row, kind=kind, index=index,
-                feature=index if kind == "feature" else None, position=pos,
-                effect=float(values.flatten()[flat]),
+                node_id, site=site, layer=layer, row=row, role=role, index=index,
+                feature=index if role == "feature" else None, position=pos,
+                effect=float(values[flat]),
             )
     if edges is not None:
-        graph.add_node(METRIC, site=METRIC, layer=None, row=len(order), kind="metric",
+        graph.add_node(METRIC, site=METRIC, layer=None, row=len(scores.sites), role="metric",
                        index=None, feature=None, position=None, effect=None)
         for up, u_flat, down, d_flat, w in edges.edges():
-            source = _flat_id(up, u_flat, edges.shapes[up], scores.components_only)
-            target = METRIC if down == METRIC else _flat_id(down, d_flat, edges.shapes[down],
-                                                             scores.components_only)
+            source = _node(scores, up, u_flat)[0]
+            target = METRIC if down == METRIC else _node(scores, down, d_flat)[0]
             if source not in graph or target not in graph:
                 continue  # edges computed for a larger selection
             if edge_threshold is None or abs(w) >= edge_threshold:
                 graph.add_edge(source, target, weight=w)
-    meta = {
-        "method": scores.method, "model": scores.model, "aggregation": scores.aggregation,
-        "node_threshold": node_threshold, "top_k": top_k, "edge_threshold": edge_threshold,
-        "n_examples": scores.n_examples, "signed": scores.signed, "bare": scores.components_only,
-        "options": dict(scores.options), "edges": edges is not None,
-        "edge_method": None if edges is None else edges.method,
-        "tokens": tokens, "sites": order,
-        "site_shapes": {k: list(v.shape) for k, v in scores.sites.items()},
-    }
+    meta = CircuitMeta(
+        method=scores.method, model=scores.model, aggregation=scores.aggregation,
+        node_threshold=node_threshold, top_k=top_k, edge_threshold=edge_threshold,
+        n_examples=scores.n_examples, signed=scores.signed,
+        components_only=scores.components_only, options=dict(scores.options),
+        edges=edges is not None, edge_method=None if edges is None else edges.method,
+        tokens=None if tokens is None else tuple(tokens), sites=tuple(scores.sites),
+        site_shapes={k: tuple(v.shape) for k, v in scores.sites.items()},
+    )
     return Circuit(graph, meta)
+
+
+def circuit_edges(
+    scores: Scores,
+    selection: dict[str, Tensor],
+    model: SplicedModel,
+    data: Dataset | Sequence[PromptPair],
+    *,
+    edge_method: str | None = None,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> EdgeScores:
+    """Edges among ``selection`` for a circuit of ``scores``: computed with the method that
+    defines the scores' method's edges (``METHODS[scores.method].edges``), or ``edge_method``
+    (one of EDGE_METHODS), with the options the scores record that it takes (relp's rules, ig's
+    steps; otherwise its defaults)."""
+    if edge_method is None:
+        if scores.method not in METHODS:
+            raise ValueError(f"scores of method {scores.method!r} are of no registered method; "
+                             f"pass edge_method= (one of {', '.join(EDGE_METHODS)})")
+        edge_method = METHODS[scores.method].edges
+    if edge_method not in EDGE_METHODS:
+        raise ValueError(f"edge_method {edge_method!r} has no edge definition; use one of "
+                         f"{', '.join(EDGE_METHODS)}")
+    options = {name: scores.options[name] for name in METHODS[edge_method].option_names
+               if scores.options.get(name) is not None}
+    if "rules" in options:
+        options["rules"] = tuple(options["rules"])
+    return attribute_edges(model, data, edge_method, selection, batch_size=batch_size,
+                           progress=progress, **options)
 
 
 def _aggregate(scores: Scores, aggregation: str | None) -> Scores:
@@ -233,24 +280,6 @@ def _aggregate(scores: Scores, aggregation: str | None) -> Scores:
     raise ValueError(f"cannot build a circuit with aggregation {aggregation!r} from scores with "
                      f"aggregation {scores.aggregation!r}; attribute with aggregation="
                      f"{aggregation!r}")
-
-
-def _compute_edges(scores, selection, model, data, batch_size, progress) -> EdgeScores:
-    if model is None or data is None:
-        raise ValueError("edges=True needs the model and data: build(scores, edges=True, "
-                         "model=model, data=data), or pass edges=attribute_edges(...)")
-    if scores.method not in EDGE_METHODS:
-        raise ValueError(
-            f"scores of method {scores.method!r} have no edge definition; edges are computed "
-            f"with {EDGE_METHODS}: attribute nodes with one of them, or pass edges="
-            "attribute_edges(model, data, 'atp', select_nodes(scores, ...)) explicitly"
-        )
-    rules = scores.options.get("rules") if scores.method == "relp" else None
-    return attribute_edges(
-        model, data, scores.method, selection, batch_size=batch_size,
-        steps=int(scores.options.get("steps", 10)),
-        rules=None if rules is None else tuple(rules), progress=progress,
-    )
 
 
 def _check_edges(scores: Scores, selection: dict[str, Tensor], edges: EdgeScores) -> None:
@@ -290,17 +319,16 @@ def _layer(site: str) -> int:
     return -1 if site == "embed" else int(site.rsplit("_", 1)[1])
 
 
-def _node_id(site: str, index: int, pos: int | None, n_nodes: int, bare: bool) -> tuple[str, str]:
-    if bare:
-        base, kind = site, "component"
-    elif index == n_nodes - 1:
-        base, kind = f"{site}/err", "error"
+def _node(scores: Scores, site: str, flat: int) -> tuple[str, NodeRole, int | None, int]:
+    """(id, role, position, index) of the node at ``flat`` in the flattened scores of ``site``
+    (also an edge endpoint: edges are indexed like the scores they were selected from)."""
+    pos, index = (divmod(flat, scores.n_nodes(site)) if scores.aggregation == "none"
+                  else (None, flat))
+    role: NodeRole
+    if scores.components_only:
+        base, role = site, "component"
+    elif index == scores.error_index(site):
+        base, role = f"{site}/err", "error"
     else:
-        base, kind = f"{site}/{index}", "feature"
-    return (base if pos is None else f"{base}@{pos}"), kind
-
-
-def _flat_id(site: str, flat: int, shape: tuple[int, ...], bare: bool) -> str:
-    n_nodes = shape[-1]
-    pos, index = divmod(flat, n_nodes) if len(shape) == 2 else (None, flat)
-    return _node_id(site, index, pos, n_nodes, bare)[0]
+        base, role = f"{site}/{index}", "feature"
+    return (base if pos is None else f"{base}@{pos}"), role, pos, index

@@ -1,4 +1,5 @@
-"""Draw a `Circuit` with Graphviz: DOT source, and SVG through the `neato` layout engine.
+"""Draw a circuit (its graph and `CircuitMeta`) with Graphviz: DOT source, and SVG through the
+`neato` layout engine. `Circuit.to_dot` and `Circuit.to_svg` call these.
 
 Layout (every node pinned, so the picture reads like the model):
 - one row (band) per site in model order, embed at the bottom and the metric on top; a row
@@ -19,10 +20,10 @@ import html
 import shutil
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from circuits.circuit import Circuit
+import networkx as nx
+
+from circuits.meta import CircuitMeta
 
 NODE_W = 0.75  # inches between node centres in a row
 LINE_H = 0.7  # inches between wrapped lines of one site's row
@@ -35,12 +36,12 @@ INSTALL = ("install Graphviz for SVG output: `apt-get install graphviz` (Debian/
            "https://graphviz.org/download/")
 
 
-def to_svg(circuit: Circuit, path: str | Path) -> Path:
+def to_svg(graph: nx.DiGraph, meta: CircuitMeta, path: str | Path) -> Path:
     """Write the circuit as SVG at ``path``; returns it. If Graphviz's binaries are missing,
     writes ``path`` with suffix .dot instead, warns how to install Graphviz, and returns that."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    source = to_dot(circuit)
+    source = to_dot(graph, meta)
     if shutil.which("neato") is None:
         dot_path = path.with_suffix(".dot")
         dot_path.write_text(source)
@@ -55,18 +56,17 @@ def to_svg(circuit: Circuit, path: str | Path) -> Path:
     return path
 
 
-def to_dot(circuit: Circuit) -> str:
+def to_dot(graph: nx.DiGraph, meta: CircuitMeta) -> str:
     """Graphviz source with every node pinned at its place (render with neato)."""
-    graph, meta = circuit.graph, circuit.meta
-    nodes = [(n, a) for n, a in graph.nodes(data=True) if a["kind"] != "metric"]
-    per_position = meta["aggregation"] == "none"
-    sites = [s for s in meta["sites"] if any(a["site"] == s for _, a in nodes)]
+    nodes = [(n, a) for n, a in graph.nodes(data=True) if a["role"] != "metric"]
+    per_position = meta.per_position
+    sites = [s for s in meta.sites if any(a["site"] == s for _, a in nodes)]
     by_site = {s: sorted((a.get("position") or 0, a["index"], n) for n, a in nodes
                          if a["site"] == s) for s in sites}
 
     # columns: one per position (as wide as its fullest cell), or one centred row per site
     if per_position:
-        seq = meta["site_shapes"][meta["sites"][0]][0]
+        seq = meta.site_shapes[meta.sites[0]][0]
         counts = {s: [sum(1 for p, _, _ in by_site[s] if p == q) for q in range(seq)]
                   for s in sites}
         width = [min(MAX_PER_CELL, max([counts[s][q] for s in sites] + [1]))
@@ -108,7 +108,7 @@ def to_dot(circuit: Circuit) -> str:
     out = [
         "digraph circuit {",
         '  graph [splines=false, outputorder=edgesfirst, bgcolor=white, labelloc=t, '
-        f'fontname=Helvetica, label=<{_legend(circuit)}>];',
+        f'fontname=Helvetica, label=<{_legend(meta, len(nodes), graph.number_of_edges())}>];',
         '  node [fontname=Helvetica, fontsize=9, style=filled, penwidth=0.6];',
         '  edge [arrowsize=0.4];',
     ]
@@ -119,7 +119,7 @@ def to_dot(circuit: Circuit) -> str:
         x, ym = xy["metric"]
         out.append(f'  {_q("row:metric")} [class=decoration, shape=plaintext, style="", '
                    f'label="metric", fontsize=11, pos="{left:.3f},{ym:.3f}!"];')
-    tokens = meta.get("tokens")
+    tokens = meta.tokens
     if per_position and tokens:
         for q, token in enumerate(tokens):
             x = starts[q] + (width[q] - 1) * NODE_W / 2
@@ -139,32 +139,30 @@ def to_dot(circuit: Circuit) -> str:
 
 def _node(n: str, a: dict, xy: tuple[float, float], top: float) -> str:
     x, y = xy
-    if a["kind"] == "metric":
+    if a["role"] == "metric":
         return (f'{_q(n)} [class=circuit, shape=doubleoctagon, label="metric", fillcolor="#eeeeee",'
                 f' fontsize=11, pos="{x:.3f},{y:.3f}!"];')
     t = min(1.0, abs(a["effect"]) / top)
     fill = _rgb(BLUE if a["effect"] >= 0 else RED, t ** 0.5)
     size = 0.3 + 0.35 * t ** 0.5
-    shape = "box" if a["kind"] in ("error", "component") else "ellipse"
-    label = {"error": "err", "component": a["site"]}.get(a["kind"], str(a["feature"]))
+    shape = "box" if a["role"] in ("error", "component") else "ellipse"
+    label = {"error": "err", "component": a["site"]}.get(a["role"], str(a["feature"]))
     where = "" if a["position"] is None else f" @ pos {a['position']}"
-    tip = f"{a['site']} {a['kind']} {a['index']}{where}: effect {a['effect']:.4g}"
+    tip = f"{a['site']} {a['role']} {a['index']}{where}: effect {a['effect']:.4g}"
     return (f'{_q(n)} [class=circuit, shape={shape}, label={_q(label)}, fillcolor="{fill}", '
             f'fontcolor="{"white" if t > 0.5 else "black"}", width={size:.2f}, '
             f'height={size * 0.7:.2f}, fixedsize=true, tooltip={_q(tip)}, '
             f'pos="{x:.3f},{y:.3f}!"];')
 
 
-def _legend(circuit: Circuit) -> str:
-    m = circuit.meta
-    threshold = (f"top {m['top_k']} nodes" if m.get("top_k") is not None
-                 else f"|effect| ≥ {m.get('node_threshold', 0):.3g}")
-    if m.get("edges"):
-        threshold += ("" if m.get("edge_threshold") is None
-                      else f", |edge| ≥ {m['edge_threshold']:.3g}")
+def _legend(m: CircuitMeta, n_nodes: int, n_edges: int) -> str:
+    threshold = (f"top {m.top_k} nodes" if m.top_k is not None
+                 else f"|effect| ≥ {m.node_threshold or 0:.3g}")
+    if m.edges and m.edge_threshold is not None:
+        threshold += f", |edge| ≥ {m.edge_threshold:.3g}"
     title = html.escape(
-        f"{m.get('method')} circuit of {m.get('model')}: {circuit.n_nodes} nodes, "
-        f"{circuit.n_edges} edges ({threshold}; {m.get('n_examples')} examples)")
+        f"{m.method} circuit of {m.model}: {n_nodes} nodes, "
+        f"{n_edges} edges ({threshold}; {m.n_examples} examples)")
     blue, red = _rgb(BLUE, 1.0), _rgb(RED, 1.0)
     return (
         '<TABLE BORDER="0" CELLSPACING="4"><TR>'

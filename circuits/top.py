@@ -16,7 +16,7 @@ class RankedNode:
     position: int | None  # None when scores are summed over positions
     score: float
     is_error: bool
-    is_component: bool = False  # a bare model's node: the site's whole activation
+    is_component: bool = False  # a model without dictionaries: the site's whole activation
 
     @property
     def label(self) -> str:
@@ -32,17 +32,16 @@ def top_nodes(scores: Scores, k: int = 20) -> list[RankedNode]:
     ranked: list[RankedNode] = []
     for site, values in scores.sites.items():
         flat = values.flatten()
-        n_nodes = values.shape[-1]
         best = flat.abs().topk(min(k, flat.numel())).indices
         for index in best.tolist():
-            position, node = divmod(index, n_nodes)
+            position, node = divmod(index, scores.n_nodes(site))
             ranked.append(
                 RankedNode(
                     site=site,
                     node=node,
                     position=position if values.dim() == 2 else None,
                     score=float(flat[index]),
-                    is_error=not scores.components_only and node == n_nodes - 1,
+                    is_error=not scores.components_only and node == scores.error_index(site),
                     is_component=scores.components_only,
                 )
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import xml.etree.ElementTree as ET
 
 import networkx as nx
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 from circuits import Circuit, attribute, attribute_edges, build, render, select_nodes
-from circuits.circuit import _flat_id
+from circuits.circuit import _node
+from circuits.meta import CircuitMeta
 from saes import SplicedModel
 from tasks import sva
 from tasks.pairs import Dataset
@@ -50,12 +52,12 @@ def test_build_keeps_the_selected_nodes_and_the_edges_among_them(circuit, scores
     expected = {(u, d): w for u, d, w in circuit.graph.edges(data="weight")}
     assert len(expected) == edges.n_edges > 0
     for up, u, down, d, weight in edges.edges():  # every edge, under its nodes' ids
-        source = _flat_id(up, u, edges.shapes[up], bare=False)
-        target = "metric" if down == "metric" else _flat_id(down, d, edges.shapes[down], False)
+        source = _node(scores, up, u)[0]
+        target = "metric" if down == "metric" else _node(scores, down, d)[0]
         assert expected[(source, target)] == weight
     effect = nx.get_node_attributes(circuit.graph, "effect")
     for node, attrs in circuit.graph.nodes(data=True):
-        if attrs["kind"] != "metric":
+        if attrs["role"] != "metric":
             assert effect[node] == float(scores.sites[attrs["site"]][attrs["index"]])
     cut = torch.tensor([abs(w) for w in expected.values()]).median().item()
     thresholded = build(scores, top_k=30, edges=edges, edge_threshold=cut)
@@ -73,7 +75,7 @@ def test_selection_has_every_site_with_the_scores_shape(scores):
 
 def test_json_round_trip_is_lossless(circuit, tmp_path):
     back = Circuit.load(circuit.save(tmp_path / "c.json"))
-    assert back.meta == circuit.meta
+    assert isinstance(back.meta, CircuitMeta) and back.meta == circuit.meta
     assert list(back.graph.nodes(data=True)) == list(circuit.graph.nodes(data=True))
     assert list(back.graph.edges(data=True)) == list(circuit.graph.edges(data=True))
     for site, mask in circuit.selection().items():
@@ -85,8 +87,8 @@ def test_per_position_circuit_round_trips_and_draws_tokens(tiny, data, tmp_path)
     circuit = build(per_pos, top_k=25, model=tiny, data=data)
     assert all(a["position"] is not None for n, a in circuit.graph.nodes(data=True)
                if n != "metric")
-    assert circuit.meta["tokens"] == [tiny.tokenizer.decode([t])
-                                      for t in data.clean_tokens[0].tolist()]
+    assert circuit.meta.tokens == tuple(tiny.tokenizer.decode([t])
+                                        for t in data.clean_tokens[0].tolist())
     back = Circuit.load(circuit.save(tmp_path / "p.json"))
     assert list(back.graph.edges(data=True)) == list(circuit.graph.edges(data=True))
     assert all(back.selection()[s].shape == per_pos.sites[s].shape for s in per_pos.sites)
@@ -95,7 +97,7 @@ def test_per_position_circuit_round_trips_and_draws_tokens(tiny, data, tmp_path)
     tokens = circuit.to_dot().count('"token:')
     assert tokens == data.seq_len
     summed = build(per_pos, top_k=25, aggregation="sum")
-    assert summed.meta["aggregation"] == "sum"
+    assert summed.meta.aggregation == "sum"
     assert summed.selection()["embed"].shape == per_pos.sites["embed"].shape[1:]
 
 
@@ -115,18 +117,89 @@ def test_without_graphviz_the_dot_source_is_written(circuit, tmp_path, monkeypat
     assert not (tmp_path / "c.svg").exists()
 
 
-def test_methods_without_edges_are_refused_with_the_fix(scores, tiny, data):
-    unsigned = dataclasses.replace(scores, method="atp*")
-    with pytest.raises(ValueError, match="no edge definition.*attribute_edges"):
-        build(unsigned, top_k=5, model=tiny, data=data)
+def test_edges_come_from_the_registry_or_edge_method(scores, tiny, data):
+    """atp* has no edge definition: its edges are atp's (METHODS["atp*"].edges); edge_method
+    overrides, and one without an edge definition is refused with the choices."""
+    unsigned = dataclasses.replace(scores, method="atp*", options={})
+    selection = select_nodes(unsigned, top_k=5)
+    star = build(unsigned, top_k=5, model=tiny, data=data)
+    atp = attribute_edges(tiny, data, "atp", selection, progress=False)
+    assert star.meta.edge_method == "atp" and star.meta.method == "atp*"
+    assert star.n_edges == atp.n_edges > 0
+    relp = build(unsigned, top_k=5, model=tiny, data=data, edge_method="relp")
+    expected = attribute_edges(tiny, data, "relp", selection, progress=False)
+    assert relp.meta.edge_method == "relp"
+    weights = {(u, v): w for u, v, w in relp.graph.edges(data="weight")}
+    for up, u, down, d, weight in expected.edges():
+        target = "metric" if down == "metric" else _node(unsigned, down, d)[0]
+        assert weights[(_node(unsigned, up, u)[0], target)] == weight
+    with pytest.raises(ValueError, match="no edge definition; use one of atp, ig, relp"):
+        build(unsigned, top_k=5, model=tiny, data=data, edge_method="exact")
+    with pytest.raises(ValueError, match="edge_method='atp' needs edges computed here"):
+        build(unsigned, top_k=5, edge_method="atp")
+    with pytest.raises(ValueError, match="computed with 'atp'"):
+        build(unsigned, top_k=5, edges=atp, edge_method="relp")
     assert build(unsigned, top_k=5).n_edges == 0  # nodes only is fine
+
+
+def test_edges_use_the_options_the_scores_record(tiny, data):
+    """relp scores with rules=() (plain AtP backward): their relp edges use () too."""
+    plain = attribute(tiny, data, "relp", rules=(), progress=False)
+    circuit = build(plain, top_k=8, model=tiny, data=data)
+    edges = attribute_edges(tiny, data, "relp", select_nodes(plain, top_k=8), rules=(),
+                            progress=False)
+    assert plain.options["rules"] == [] and circuit.meta.edge_method == "relp"
+    weights = {(u, v): w for u, v, w in circuit.graph.edges(data="weight")}
+    assert len(weights) == edges.n_edges > 0
+    for up, u, down, d, weight in edges.edges():
+        target = "metric" if down == "metric" else _node(plain, down, d)[0]
+        assert weights[(_node(plain, up, u)[0], target)] == weight
+
+
+def test_a_circuit_file_of_the_first_format_still_reads(tmp_path):
+    """Written before the renames: "bare" in meta, "kind" on nodes."""
+    old = {
+        "format": "circuits.circuit/1",
+        "meta": {"method": "atp", "model": "toy", "aggregation": "sum", "node_threshold": 0.5,
+                 "top_k": None, "edge_threshold": None, "n_examples": 3, "signed": True,
+                 "bare": False, "options": {}, "edges": True, "edge_method": "atp",
+                 "tokens": None, "sites": ["embed", "resid_0"],
+                 "site_shapes": {"embed": [3], "resid_0": [3]}},
+        "nodes": [
+            {"id": "embed/1", "site": "embed", "layer": -1, "row": 0, "kind": "feature",
+             "index": 1, "feature": 1, "position": None, "effect": 0.75},
+            {"id": "resid_0/err", "site": "resid_0", "layer": 0, "row": 1, "kind": "error",
+             "index": 2, "feature": None, "position": None, "effect": -0.5},
+            {"id": "metric", "site": "metric", "layer": None, "row": 2, "kind": "metric",
+             "index": None, "feature": None, "position": None, "effect": None},
+        ],
+        "edges": [{"source": "embed/1", "target": "resid_0/err", "weight": 0.25},
+                  {"source": "resid_0/err", "target": "metric", "weight": -0.5}],
+    }
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    circuit = Circuit.load(path)
+    assert circuit.meta.components_only is False and circuit.meta.sites == ("embed", "resid_0")
+    assert dict(circuit.graph.nodes(data="role")) == {
+        "embed/1": "feature", "resid_0/err": "error", "metric": "metric"}
+    assert circuit.n_nodes == 2 and circuit.n_edges == 2
+    masks = circuit.selection()
+    assert masks["embed"].tolist() == [False, True, False]
+    assert masks["resid_0"].tolist() == [False, False, True]
+    again = circuit.to_json()  # written in the current format, the renamed keys only
+    assert again["format"] == "circuits.circuit/2" and "bare" not in again["meta"]
+    assert [k for k in again["meta"]] == [
+        "components_only" if k == "bare" else k for k in old["meta"]]
+    assert all("kind" not in n and "role" in n for n in again["nodes"])
+    assert Circuit.from_json(again).meta == circuit.meta
+    assert "digraph" in circuit.to_dot()
 
 
 def test_default_threshold_keeps_some_but_not_all_nodes(scores):
     circuit = build(scores)
     total = sum(v.numel() for v in scores.sites.values())
     assert 0 < circuit.n_nodes < total
-    assert circuit.meta["node_threshold"] > 0
+    assert circuit.meta.node_threshold > 0
 
 
 def test_edges_of_a_smaller_selection_are_refused(scores, tiny, data):

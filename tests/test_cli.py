@@ -104,6 +104,9 @@ def test_compare_tables_methods_against_exact(tmp_path):
         (["discover", "--node-threshold", "-1"], "--node-threshold must be a number"),
         (["sweep", "--thresholds", "0.1,abc"], "is not a comma-separated list"),
         (["discover", "--n", "0"], "must be at least 1"),
+        (["discover", "--edge-method", "exact"], "unknown method(s) ['exact']"),
+        (["discover", "--method", "atp", "--edge-method", "relp", "--rules", "ln"],
+         "--rules would not reach the relp edges"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_nothing_written(argv, message, tmp_path, capsys):
@@ -157,5 +160,5 @@ def test_discover_with_a_method_without_edges_of_its_own(tmp_path):
                  "--out", str(out), *SMALL]) == 0
     summary = json.loads((out / "summary.json").read_text())
     circuit = Circuit.load(out / "circuit.json")
-    assert summary["edge_method"] == "atp" and circuit.meta["edge_method"] == "atp"
-    assert circuit.meta["method"] == "atp*" and circuit.n_edges > 0
+    assert summary["edge_method"] == "atp" and circuit.meta.edge_method == "atp"
+    assert circuit.meta.method == "atp*" and circuit.n_edges > 0

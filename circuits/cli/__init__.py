@@ -1,0 +1,62 @@
+"""The ``circuits`` command: a thin layer over the Python API (everything here is importable).
+
+    circuits discover --task across_pp --method relp        scores, circuit, SVG, JSON, summary
+    circuits sweep --methods relp,ig,atp                     CSV and plot over thresholds
+    circuits evaluate runs/x/circuit.json                    faithfulness / completeness
+    circuits render runs/x/circuit.json                      SVG of a saved circuit
+    circuits compare --methods atp,relp,ig                   methods against exact patching
+
+One module per subcommand (its options and what it runs), common.py for the checks, options
+and loading they share, rundir.py for run directories. Every run writes one run directory and
+prints where. Bad input (unknown task, method or model, unwritable output, thresholds out of
+range, a corrupted circuit file) is one line on stderr and exit code 2; the run directory is
+assembled in a temporary folder and moved into place only when complete, so a failed run leaves
+nothing half-written. Defaults and fallbacks (e.g. which method computes a method's edges) come
+from the library, not from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from circuits.cli import compare, discover, evaluate, render, sweep
+from circuits.cli.common import UsageError
+
+SUBCOMMANDS = (discover, sweep, evaluate, render, compare)  # in the order --help lists them
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line (no usage block) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="circuits", description="Sparse-feature circuit discovery: score nodes and "
+                "edges, build a circuit, evaluate it by mean ablation, draw it, sweep thresholds, "
+                "compare methods with exact patching. Each subcommand has its own --help.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for command in SUBCOMMANDS:
+        command.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a malformed command line (2)
+        return int(stop.code or 0)
+    try:
+        args.func(args)
+    except (UsageError, ValueError, FileNotFoundError) as err:
+        print(f"circuits {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+__all__ = ["UsageError", "main", "parser"]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""What the subcommands share: checks of the command line made before anything is loaded, list
+and number parsing, the common options, loading the model and the prompt pairs, and reading a
+saved circuit. Bad input is a `UsageError`: one line on stderr, exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from circuits.circuit import Circuit
+from circuits.methods import METHODS, IGOptions
+from saes.loader import MODELS, load
+from saes.splice import SplicedModel
+from tasks import sva
+from tasks.pairs import PromptPair
+
+
+class UsageError(Exception):
+    """Bad input from the command line: printed as one line, exit code 2."""
+
+
+# ---- checks made before anything is loaded ---------------------------------------------------
+def check_task(task: str) -> None:
+    """A construction name or a path to a JSONL file of prompt pairs."""
+    if task in sva.CONSTRUCTIONS:
+        return
+    if not task.endswith((".json", ".jsonl")) and "/" not in task:
+        raise UsageError(
+            f"unknown task {task!r}; use one of {', '.join(sva.CONSTRUCTIONS)} or a JSONL path"
+        )
+    if not Path(task).is_file():
+        raise UsageError(f"task file {task} does not exist; pass an existing JSONL file")
+
+
+def check_model(name: str | None) -> None:
+    if name is not None and name not in MODELS:
+        raise UsageError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+
+
+def check_methods(methods: list[str], allowed: tuple[str, ...] | list[str]) -> None:
+    unknown = [m for m in methods if m not in allowed]
+    if unknown or not methods:
+        raise UsageError(
+            f"unknown method(s) {unknown or methods}; choose from {', '.join(allowed)}"
+        )
+
+
+def check_threshold(name: str, value: float | None, *, upper: float | None = None) -> None:
+    if value is None:
+        return
+    if math.isnan(value) or value < 0 or (upper is not None and value > upper):
+        span = f"[0, {upper}]" if upper is not None else ">= 0"
+        raise UsageError(f"{name} must be a number in {span}, got {value}")
+
+
+def split_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def parse_numbers(name: str, text: str, kind: type) -> list:
+    """'0.1,0.01' or, for floats, 'logspace:START:STOP:N' (powers of ten, as numpy)."""
+    try:
+        if kind is float and text.startswith("logspace:"):
+            _, start, stop, n = text.split(":")
+            a, b, k = float(start), float(stop), int(n)
+            if k < 1:
+                raise ValueError
+            return [10 ** (a + (b - a) * i / max(k - 1, 1)) for i in range(k)]
+        values = [kind(item) for item in split_list(text)]
+    except ValueError:
+        raise UsageError(
+            f"{name} {text!r} is not a comma-separated list of {kind.__name__}s"
+            + (" or logspace:START:STOP:N" if kind is float else "")
+        ) from None
+    if not values:
+        raise UsageError(f"{name} is empty; give at least one value")
+    for value in values:
+        check_threshold(name, value)
+    return values
+
+
+# ---- method options --------------------------------------------------------------------------
+OPTION_FLAGS = {"steps": "--steps", "rules": "--rules"}  # method option -> its flag
+
+
+def given_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The method options given on the command line (flags left out are absent)."""
+    rules = None if args.rules is None else [] if args.rules == "none" else split_list(args.rules)
+    given = {"steps": args.steps, "rules": rules}
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def method_kwargs(method: str, args: argparse.Namespace) -> dict[str, Any]:
+    """attribute() keywords for ``method``: batch size, progress, and of the method options given
+    on the command line those that are the method's own (``METHODS[method].option_names``)."""
+    own = METHODS[method].option_names
+    return {"batch_size": args.batch_size, "progress": not args.quiet,
+            **{k: v for k, v in given_options(args).items() if k in own}}
+
+
+# ---- the options most subcommands take -------------------------------------------------------
+def add_common(p: argparse.ArgumentParser, *, n: int | None = 100, eval_n: int | None = 40) -> None:
+    p.add_argument("--model", default="organism",
+                   help=f"one of {', '.join(MODELS)} (default: organism, offline, shipped in "
+                        "this repo)")
+    p.add_argument("--task", default="across_pp",
+                   help=f"agreement construction ({', '.join(sva.CONSTRUCTIONS)}) or a JSONL "
+                        "file of prompt pairs (default: across_pp)")
+    if n is not None:
+        p.add_argument("--n", type=positive, default=n,
+                       help=f"prompt pairs for attribution (default {n})")
+    if eval_n is not None:
+        p.add_argument("--eval-n", type=positive, default=eval_n,
+                       help=f"held-out pairs for evaluation (default {eval_n})")
+    p.add_argument("--batch-size", type=positive, default=32, help="pairs per batch (32)")
+    p.add_argument("--steps", type=positive, default=None,
+                   help=f"ig interpolation steps (default {IGOptions.steps})")
+    ruled = ", ".join(m for m, record in METHODS.items() if record.takes_rules)
+    p.add_argument("--rules", default=None,
+                   help=f"LRP rules of {ruled}, comma-separated (ln,identity,half,ah) or 'none' "
+                        "(default: the model family's set)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="run directory (default runs/<what>-<time>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def positive(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+# ---- loading ---------------------------------------------------------------------------------
+def load_model(name: str, device: str | None, dictionaries=None) -> SplicedModel:
+    print(f"loading {name} ...", flush=True)
+    model = load(name, device=device, dictionaries=dictionaries)
+    print(repr(model))
+    return model
+
+
+def load_pairs(task: str, model: SplicedModel, n: int, eval_n: int
+               ) -> tuple[list[PromptPair], list[PromptPair]]:
+    """Discovery and evaluation pairs (n or eval_n may be 0: none): the train and test splits of
+    a construction, or the first n and the next eval_n pairs of a JSONL file."""
+    if task in sva.CONSTRUCTIONS:
+        train = sva.load(task, "train", n=n, tokenizer=model.tokenizer) if n else []
+        test = sva.load(task, "test", n=eval_n, tokenizer=model.tokenizer) if eval_n else []
+        return train, test
+    pairs = sva.load(task, tokenizer=model.tokenizer)
+    if len(pairs) < n + eval_n:
+        raise UsageError(
+            f"{task} has {len(pairs)} usable pairs for this model; --n {n} + --eval-n {eval_n} "
+            f"need {n + eval_n}: lower them"
+        )
+    return pairs[:n], pairs[n : n + eval_n]
+
+
+def read_circuit(path: Path) -> Circuit:
+    try:
+        return Circuit.load(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"{path} is not a circuit file (invalid JSON: {err}); "
+                         "pass a circuit.json written by `circuits discover`") from err
+    except (KeyError, TypeError) as err:
+        raise UsageError(f"{path} is not a circuit file (missing {err}); "
+                         "pass a circuit.json written by `circuits discover`") from err
+
+
+# ---- output ----------------------------------------------------------------------------------
+def finite(value: float) -> float | None:
+    """A metric for JSON: NaN (undefined) as null."""
+    return None if math.isnan(value) else value
+
+
+def file_safe(method: str) -> str:
+    return method.replace("*", "_star")
