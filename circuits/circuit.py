@@ -99,7 +99,7 @@ class Circuit:
         if version != FORMAT and version not in OLD_FORMATS:
             raise ValueError(f"not a circuit file of format {FORMAT!r} (got {version!r}); "
                              "write it with Circuit.save")
-        graph = nx.DiGraph()
+        graph: nx.DiGraph = nx.DiGraph()
         for node in data["nodes"]:
             attrs = dict(node)
             if version in OLD_FORMATS:
@@ -207,7 +207,7 @@ def build(
     per_position = scores.aggregation == "none"
     seq = next(iter(scores.sites.values())).shape[0] if per_position else None
     tokens = _tokens(tokens, model, data, seq)
-    graph = nx.DiGraph()
+    graph: nx.DiGraph = nx.DiGraph()
     for row, (site, mask) in enumerate(selection.items()):
         values = scores.sites[site].detach().cpu().flatten()
         layer = _layer(site)
@@ -223,7 +223,7 @@ def build(
                        index=None, feature=None, position=None, effect=None)
         for up, u_flat, down, d_flat, w in edges.edges():
             source = _node(scores, up, u_flat)[0]
-            target = METRIC if down == METRIC else _node(scores, down, d_flat)[0]
+            target = METRIC if d_flat is None else _node(scores, down, d_flat)[0]
             if source not in graph or target not in graph:
                 continue  # edges computed for a larger selection
             if edge_threshold is None or abs(w) >= edge_threshold:

@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 
 from circuits.context import AttributionContext
 from circuits.lrp_rules import rule_hooks, rules_for
-from circuits.methods import EDGE_METHODS, IGOptions, Options, RuledOptions  # noqa: F401
+from circuits.methods import IGOptions, Options, RuledOptions
 from circuits.methods import method as method_record
 from circuits.methods.ig import site_gradient
 from circuits.nodes import SiteDelta, linear_scores

@@ -102,7 +102,8 @@ def to_dot(graph: nx.DiGraph, meta: CircuitMeta) -> str:
 
     effects = [abs(a["effect"]) for _, a in nodes if a["effect"] is not None]
     top_effect = max(effects, default=0.0) or 1.0
-    weights = [abs(w) for _, _, w in graph.edges(data="weight")]
+    weighted = [(u, v, float(attrs["weight"])) for u, v, attrs in graph.edges(data=True)]
+    weights = [abs(w) for _, _, w in weighted]
     top_weight = max(weights, default=0.0) or 1.0
 
     out = [
@@ -128,7 +129,7 @@ def to_dot(graph: nx.DiGraph, meta: CircuitMeta) -> str:
     for n, a in graph.nodes(data=True):
         out.append("  " + _node(n, a, xy[n], top_effect))
     faint = 0.25 if len(weights) <= 500 else 0.08  # many edges: the weak ones recede
-    for u, v, w in graph.edges(data="weight"):
+    for u, v, w in weighted:
         t = abs(w) / top_weight
         color = _rgb(BLUE if w > 0 else RED, 1.0, alpha=faint + (1 - faint) * t)
         out.append(f'  {_q(u)} -> {_q(v)} [penwidth={0.3 + 4.7 * t:.2f}, color="{color}", '

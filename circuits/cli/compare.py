@@ -20,6 +20,7 @@ from circuits.cli.common import (
 )
 from circuits.cli.rundir import run_dir
 from circuits.methods import METHODS
+from circuits.types import Aggregation
 from evaluation.agreement import agreement, agreement_table
 
 
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> None:
         components_only = args.bare or args.model == "gemma-3-270m"
         model = load_model(args.model, args.device, False if components_only else None)
         train, _ = load_pairs(args.task, model, args.n, 0)
-        aggregation = "none" if components_only else "sum"
+        aggregation: Aggregation = "none" if components_only else "sum"
         timings = {}
         all_scores = {}
         for method in ["exact", *methods]:
