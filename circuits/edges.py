@@ -10,7 +10,7 @@ clean run (held constant), Δu = patch − clean the upstream node's move. For a
 downstream site D, d = f_i(x_D) (through D's encoder: gate_i · W_enc[:, i]) and g_d = W_dec[i] · g;
 for D's error node d = x_D − x̂_D; for a bare component, d = x_D. Summing a node's incoming
 edges over all its upstream nodes gives g_d · (∂d/∂x_D) · Δx_D: its own node score wherever d is
-linear in the upstream sites (tests/test_edges.py checks this on a linear toy).
+linear in the upstream sites (tests/circuits/test_edges.py checks this on a linear toy).
 
 Structure from the model config (saes.sites.upstream): with parallel blocks (Pythia)
 embed / resid_{L-1} → attn_L, mlp_L, resid_L and attn_L, mlp_L → resid_L; sequential blocks add
@@ -22,7 +22,10 @@ site reads; resid_{n-1}) get an edge to the metric: their node score Δu · g.
 Methods: ``atp`` uses g at the clean run and the clean Jacobian. ``relp`` the same with the LRP
 rule hooks active (for g and for the block's backward: the LRP-changed backward pass). ``ig``, as
 Sparse Feature Circuits does, uses as g_d the integrated gradient ḡ at D (mean over the
-clean → patch path of D alone, the one the ig node scores use) and the clean Jacobian.
+clean → patch path of D alone, the one the ig node scores use) and the clean Jacobian. Any other
+method gets the edges of the method its registry record names (``METHODS[m].edges``: atp for
+exact and atp*, relp for relp* and column). Each batch is one AttributionContext
+(circuits/context.py), as for node attribution.
 
 Speed: never one backward per downstream node. Into attn_L: one forward of block L per batch,
 then one batched vector-Jacobian product (``is_grads_batched``, one row per downstream node,

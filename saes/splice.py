@@ -15,7 +15,7 @@ W_dec · g and at err' is g, where g is the gradient at the site's output. Upstr
 the gradient is exactly g: the paths through decode(f') and through err = x - decode(f) carry
 +W_dec·g and -W_dec·g into f, which cancel to exactly zero before the encoder, leaving the
 identity path x -> err -> out. This is *not* sae_lens' ``use_error_term=True``, whose gradient
-runs through the encoder. ``tests/test_splice.py`` checks both identities.
+runs through the encoder. ``tests/saes/test_splice.py`` checks both identities.
 """
 
 from __future__ import annotations
