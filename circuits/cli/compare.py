@@ -30,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--methods", default="atp,relp,ig,atp*",
                    help="comma-separated methods to compare with exact (atp,relp,ig,atp*)")
     c.add_argument("--bare", action="store_true",
-                   help="components instead of features (always so for gemma-3-270m)")
+                   help="components instead of features (always so for a model loaded without "
+                        "dictionaries, e.g. gemma-3-270m)")
     c.set_defaults(func=run)
 
 
@@ -40,8 +41,9 @@ def run(args: argparse.Namespace) -> None:
     methods = split_list(args.methods)
     check_methods(methods, [m for m in METHODS if m != "exact"])
     with run_dir(args.out, f"compare-{args.task}", args) as target:
-        components_only = args.bare or args.model == "gemma-3-270m"
-        model = load_model(args.model, args.device, False if components_only else None)
+        # a model without dictionaries (gemma-3-270m by default, or --bare) compares components
+        model = load_model(args.model, args.device, False if args.bare else None)
+        components_only = model.components_only
         train, _ = load_pairs(args.task, model, args.n, 0)
         aggregation: Aggregation = "none" if components_only else "sum"
         timings = {}

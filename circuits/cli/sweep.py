@@ -25,7 +25,7 @@ from circuits.cli.common import (
 )
 from circuits.cli.rundir import run_dir
 from circuits.edges import EdgeScores
-from circuits.methods import EDGE_METHODS, METHODS
+from circuits.methods import METHODS
 from circuits.scores import Scores
 from circuits.select import select_nodes
 from evaluation import plot_sweep, sweep
@@ -46,9 +46,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="circuit sizes (top k nodes), e.g. '5,10,20,50' (default: 0 and 16 "
                         "counts spaced geometrically up to all nodes)")
     s.add_argument("--edges", action="store_true",
-                   help=f"also count edges (n_edges) of the methods with edges of their own "
-                        f"({', '.join(EDGE_METHODS)}): edge attribution once per method among "
-                        "its top --edge-nodes nodes; larger circuits get n_edges NaN")
+                   help="also count edges (n_edges): edge attribution once per method among "
+                        "its top --edge-nodes nodes, with the edge definition the method's "
+                        "record names (exact, atp* -> atp; relp*, column -> relp); larger "
+                        "circuits get n_edges NaN")
     s.add_argument("--edge-nodes", type=positive, default=500,
                    help="nodes among which --edges computes edges (500)")
     s.set_defaults(func=run)
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> None:
                 continue
             all_scores[method] = attribute(model, train, method, **method_kwargs(method, args))
             all_scores[method].save(target.work / f"scores-{file_safe(method)}.safetensors")
-            if args.edges and method in EDGE_METHODS:
+            if args.edges:
                 all_edges[method] = _edges(model, train, all_scores[method], args)
         table = sweep(model, all_scores, test, thresholds=thresholds, node_counts=counts,
                       edges=all_edges, progress=not args.quiet)

@@ -69,14 +69,14 @@ def test_render_draws_one_svg_node_per_circuit_node(discovered, tmp_path):
 
 def test_sweep_writes_csv_and_plots(tmp_path):
     out = tmp_path / "sweep"
-    code = main(["sweep", "--task", "simple", "--methods", "atp,relp,neurons",
+    code = main(["sweep", "--task", "simple", "--methods", "atp,relp,atp*,neurons",
                  "--node-counts", "1,10,100000", "--edges", "--edge-nodes", "10", "--out", str(out),
                  *SMALL])
     assert code == 0
     table = pd.read_csv(out / "sweep.csv")
-    assert set(table["method"]) == {"atp", "relp", "neurons"} and len(table) == 9
+    assert set(table["method"]) == {"atp", "relp", "atp*", "neurons"} and len(table) == 12
     ten = table[table["top_k"] == 10].set_index("method")["n_edges"]
-    assert (ten > 0).all()  # every method's 10-node circuit has edges, counted
+    assert (ten > 0).all()  # every method's 10-node circuit has edges (atp*'s from atp), counted
     assert table[table["top_k"] == 100000]["n_edges"].isna().all()  # beyond the edges' nodes
     everything = table[table["top_k"] == 100000]
     assert everything["faithfulness"].to_numpy() == pytest.approx(1.0, abs=1e-4)
