@@ -34,7 +34,7 @@ from circuits.meta import CircuitMeta
 from circuits.methods import EDGE_METHODS, METHODS
 from circuits.scores import Scores
 from circuits.select import select_nodes
-from circuits.types import NodeRole
+from circuits.types import Aggregation, NodeRole
 from saes.splice import SplicedModel
 from tasks.pairs import Dataset, PromptPair
 
@@ -164,7 +164,7 @@ def build(
     model: SplicedModel | None = None,
     data: Dataset | Sequence[PromptPair] | None = None,
     tokens: Sequence[str] | None = None,
-    aggregation: str | None = None,
+    aggregation: Aggregation | None = None,
     batch_size: int = 32,
     progress: bool = False,
 ) -> Circuit:
@@ -204,7 +204,7 @@ def build(
     if edges is not None:
         _check_edges(scores, selection, edges)
 
-    per_position = scores.aggregation == "none"
+    per_position = scores.per_position
     seq = next(iter(scores.sites.values())).shape[0] if per_position else None
     tokens = _tokens(tokens, model, data, seq)
     graph: nx.DiGraph = nx.DiGraph()
@@ -270,7 +270,7 @@ def circuit_edges(
                            progress=progress, **options)
 
 
-def _aggregate(scores: Scores, aggregation: str | None) -> Scores:
+def _aggregate(scores: Scores, aggregation: Aggregation | None) -> Scores:
     if aggregation is None or aggregation == scores.aggregation:
         return scores
     if aggregation == "sum" and scores.aggregation == "none":
@@ -322,7 +322,7 @@ def _layer(site: str) -> int:
 def _node(scores: Scores, site: str, flat: int) -> tuple[str, NodeRole, int | None, int]:
     """(id, role, position, index) of the node at ``flat`` in the flattened scores of ``site``
     (also an edge endpoint: edges are indexed like the scores they were selected from)."""
-    pos, index = (divmod(flat, scores.n_nodes(site)) if scores.aggregation == "none"
+    pos, index = (divmod(flat, scores.n_nodes(site)) if scores.per_position
                   else (None, flat))
     role: NodeRole
     if scores.components_only:

@@ -46,6 +46,11 @@ class Scores:
         check_choice("aggregation", self.aggregation, AGGREGATIONS)
 
     # ---- views -------------------------------------------------------------------------------
+    @property
+    def per_position(self) -> bool:
+        """True for aggregation "none": one score per (position, node)."""
+        return self.aggregation == "none"
+
     def n_nodes(self, site: str) -> int:
         return self._get(site).shape[-1]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Literal
 
 import pandas as pd
 import torch
@@ -37,7 +38,12 @@ def component_kind(site: str) -> str:
     return "resid" if kind == "embed" else kind
 
 
-def agreement(scores: Mapping[str, Scores], exact: Scores, by: str = "site") -> pd.DataFrame:
+GroupBy = Literal["site", "kind"]
+"""How agreement pools nodes: per site (embed, resid_0, ...), or per component kind (resid, attn,
+mlp; embed counts as resid), e.g. for a model without dictionaries."""
+
+
+def agreement(scores: Mapping[str, Scores], exact: Scores, by: GroupBy = "site") -> pd.DataFrame:
     """One row per (method, site) plus a pooled row per method: columns method, site, r,
     n_nodes (nodes compared). by="kind" pools the sites of each component kind (resid, attn,
     mlp) instead of one row per site: for a bare model, whose sites hold one node per
