@@ -190,9 +190,14 @@ class MovedNodes:
                                      self.row[mine])
         return out
 
-    def by_site(self) -> Iterator[tuple[int, Tensor]]:
-        """(site index, bool mask [N] of its nodes) for every site present."""
-        for i in self.site.unique().tolist():
+    def by_site(self) -> Iterator[tuple[int, Tensor | slice]]:
+        """(site index, its nodes: a bool mask [N], or every node when all are of one site) for
+        every site present."""
+        present = self.site.unique().tolist()
+        if len(present) == 1:
+            yield present[0], slice(None)
+            return
+        for i in present:
             yield i, self.site == i
 
     def scatter(self, outs: list[Tensor], values: Tensor, *, add: bool = False) -> None:

@@ -180,9 +180,10 @@ def _sizes(
             enter = entries[i]
             resid = acts[enter.resid if enter.hook is None else resid_mid(enter.start)]
             first = enter.start if enter.hook is None else enter.start + 1
-            rows = mine.nonzero()[:, 0] + start
-            size[rows] = vec[mine].norm(dim=-1) / resid[nodes.b[mine], nodes.p[mine]].norm(dim=-1)
-            cost[rows] = max(n_layers - first, 0)
+            rows = slice(start, start + len(nodes))  # this chunk's entries; `mine` among them
+            size[rows][mine] = (vec[mine].norm(dim=-1)
+                                / resid[nodes.b[mine], nodes.p[mine]].norm(dim=-1))
+            cost[rows][mine] = max(n_layers - first, 0)
     return size, cost
 
 
