@@ -41,7 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from circuits import attribute  # noqa: E402
-from circuits.methods import METHODS, Method, atp_star, column  # noqa: E402
+from circuits.methods import METHODS, Method, RuledOptions, atp_star, column  # noqa: E402
+from circuits.scores import read_tensors, write_tensors  # noqa: E402
 from evaluation.agreement import pearson  # noqa: E402
 from saes import SplicedModel, load  # noqa: E402
 from tasks import ioi, sva  # noqa: E402
@@ -49,6 +50,7 @@ from tasks.pairs import Dataset  # noqa: E402
 
 TASKS = ("ioi", *sva.CONSTRUCTIONS)
 KINDS = ("resid", "attn", "mlp")
+EXACT_CACHE_KEY = "benchmarks.fidelity.exact"  # header of a cached exact-score file
 
 
 @dataclass(frozen=True)
@@ -82,17 +84,18 @@ VARIANTS: dict[str, Variant] = {
 }
 DEFAULT = ("atp", "relp", "relp+AH", "atp+AH", "atp*", "relp*", "column", "column-all")
 # benchmark-only entries of the method registry: variants of registered methods
+COLUMN = {"edges": "relp", "options": RuledOptions, "resolve_rules": column.column_rules}
 EXTRA = {
     "atp+QK": Method("atp+QK", partial(atp_star.score_batch, grad_drop=False),
-                     "AtP*'s QK fix without GradDrop"),
+                     "AtP*'s QK fix without GradDrop", edges="atp"),
     "column-all": Method("column-all", partial(column.column_patching, budget=None),
-                         "column patching of every moved node"),
+                         "column patching of every moved node", **COLUMN),
     "column-all+AH": Method("column-all+AH", partial(
         column.column_patching, budget=None, frozen_patterns=True),
-        "column patching of every moved node, R with patterns constant"),
+        "column patching of every moved node, R with patterns constant", **COLUMN),
 } | {
     f"column-{k}": Method(f"column-{k}", partial(column.column_patching, budget=None, depth=k),
-                          f"column patching, columns {k} blocks deep, then linear")
+                          f"column patching, columns {k} blocks deep, then linear", **COLUMN)
     for k in (2, 4, 8)
 }
 
@@ -136,14 +139,15 @@ def measure(model: SplicedModel, task: str, args) -> tuple[dict, dict, dict]:
     """(r per variant and kind, CPU seconds per variant, notes) for one task."""
     n = args.ioi_n if task == "ioi" else args.sva_n
     data = task_data(model, task, n, args.seed)
-    cached = None if args.exact_cache is None else args.exact_cache / f"{task}-{n}-{args.seed}.pt"
-    if cached is not None and cached.exists():
-        exact, t_exact = torch.load(cached)
+    cached = (None if args.exact_cache is None
+              else args.exact_cache / f"{task}-{n}-{args.seed}.safetensors")
+    if cached is not None and cached.exists():  # safetensors + a JSON header: no pickle
+        meta, exact = read_tensors(cached, EXACT_CACHE_KEY, "exact-score cache")
+        t_exact = float(meta["seconds"])
     else:
         exact, t_exact = timed(lambda: scores(model, data, Variant("exact", "exact"), args))
         if cached is not None:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            torch.save((exact, t_exact), cached)
+            write_tensors(cached, exact, EXACT_CACHE_KEY, {"seconds": t_exact})
     exact_k = by_kind(model, exact)
     r: dict[str, dict[str, float]] = {}
     r_pooled: dict[str, dict[str, float]] = {}

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import math
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -94,22 +95,22 @@ def attribute(
                       disable=not progress):
         batch = batch.to(device)
         ctx = AttributionContext(model, batch)
-        for name, scores in spec.score_batch(ctx, options):  # [b, pos, n_nodes]
-            scores = scores.detach()
+        for name, site_scores in spec.score_batch(ctx, options):  # [b, pos, n_nodes]
+            site_scores = site_scores.detach()
             if options.candidates is not None:
-                scores = scores * options.candidates[name]
+                site_scores = site_scores * options.candidates[name]
             if aggregation == "sum":
-                scores = scores.sum(1)  # [b, n_nodes]
+                site_scores = site_scores.sum(1)  # [b, n_nodes]
             if per_example:
-                rows[name].append(scores)
+                rows[name].append(site_scores)
             else:
-                totals[name] = totals.get(name, 0) + scores.sum(0)
+                totals[name] = totals.get(name, 0) + site_scores.sum(0)
     if per_example:
         result = {name: torch.cat(parts) for name, parts in rows.items()}
     else:
         result = {name: total / len(data) for name, total in totals.items()}
     log.info("%s on %d examples in %.1fs", method, len(data), time.perf_counter() - start)
-    return Scores(
+    scores = Scores(
         method=method,
         model=model.name,
         aggregation=aggregation,
@@ -120,3 +121,15 @@ def attribute(
         signed=spec.signed,
         options=options.to_json(),
     )
+    scores.check_finite()
+    if all(not bool(v.any()) for v in scores.sites.values()):
+        warnings.warn(nothing_to_attribute(scores), RuntimeWarning, stacklevel=2)
+    return scores
+
+
+def nothing_to_attribute(scores: Scores) -> str:
+    """Why every score is 0, and what to do."""
+    return (f"every {scores.method} score is 0 on these {scores.n_examples} pairs: the clean and "
+            "patch prompts give the model the same metric (identical prompts, answers the model "
+            "does not tell apart, or candidates that exclude every moved node); there is no "
+            "behaviour to attribute. Check the pairs differ where the answer depends on them")

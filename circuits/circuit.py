@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +30,12 @@ import torch
 from torch import Tensor
 
 from circuits import render
+from circuits.attribute import nothing_to_attribute
 from circuits.edges import METRIC, EdgeScores, attribute_edges
 from circuits.meta import CircuitMeta
 from circuits.methods import EDGE_METHODS, METHODS
 from circuits.scores import Scores
-from circuits.select import select_nodes
+from circuits.select import count, select_nodes
 from circuits.types import Aggregation, NodeRole
 from saes.splice import SplicedModel
 from tasks.pairs import Dataset, PromptPair
@@ -180,11 +182,19 @@ def build(
     if scores.per_example:
         raise ValueError("build needs averaged scores; attribute with per_example=False")
     scores = _aggregate(scores, aggregation)
+    scores.check_finite()
+    if all(not bool(v.any()) for v in scores.sites.values()):
+        raise ValueError(nothing_to_attribute(scores) + "; there is no circuit to build")
     if node_threshold is None and top_k is None:
         node_threshold = default_node_threshold(scores)
     if edge_threshold is not None and (math.isnan(edge_threshold) or edge_threshold < 0):
         raise ValueError(f"edge_threshold must be a number >= 0, got {edge_threshold!r}")
     selection = select_nodes(scores, node_threshold=node_threshold, top_k=top_k)
+    if count(selection) == 0:
+        largest = max(float(v.abs().max()) for v in scores.sites.values())
+        kept = f"top_k={top_k}" if top_k is not None else f"node_threshold={node_threshold:.4g}"
+        warnings.warn(f"the circuit is empty: {kept} keeps no node (the largest |score| is "
+                      f"{largest:.4g}); lower the threshold", RuntimeWarning, stacklevel=2)
     if data is not None and model is not None:
         data = model.tokenize(data if isinstance(data, Dataset) else list(data))
     if edges is True or (edges is None and model is not None and data is not None):

@@ -62,6 +62,7 @@ class AttributionContext:
             raise RuntimeError("the clean run of this batch has already been made")
         value, acts = forward(self.model, self.batch.clean_tokens, self.targets,
                               record=[*self.site_hooks, *record], hooks=hooks, grad=grad)
+        self._check_finite(acts, value, "clean")
         self._clean, self._clean_metric = acts, value
         return value
 
@@ -100,9 +101,26 @@ class AttributionContext:
     @cached_property
     def patch(self) -> dict[str, Tensor]:
         """The sites' activations on the patch prompts (hook name -> [b, seq, d])."""
-        _, acts = forward(self.model, self.batch.patch_tokens, self.targets,
-                          record=self.site_hooks)
+        value, acts = forward(self.model, self.batch.patch_tokens, self.targets,
+                              record=self.site_hooks)
+        self._check_finite(acts, value, "patch")
         return acts
+
+    def _check_finite(self, acts: dict[str, Tensor], value: Tensor, run: str) -> None:
+        """Fail, naming the site, where a run's site activation or metric is NaN or inf (a NaN
+        would otherwise flow into every method's scores and silently out of the circuit)."""
+        for site in self.sites:
+            x = acts[site.hook_name].detach()
+            if not torch.isfinite(x).all():
+                rows = (~torch.isfinite(x)).flatten(1).any(1).nonzero()[:, 0].tolist()
+                raise ValueError(
+                    f"the {run} run has NaN or inf activations at site {site.name} (batch rows "
+                    f"{rows[:5]}{' ...' if len(rows) > 5 else ''}); the model's arithmetic "
+                    "overflowed (e.g. float16) or its inputs are corrupt: load it in float32"
+                )
+        if not torch.isfinite(value.detach()).all():
+            raise ValueError(f"the {run} run's metric is NaN or inf; the model's logits are not "
+                             "finite: load it in float32")
 
     def delta(self, site: Site, *, with_active: bool = False) -> SiteDelta:
         """How the site's nodes move from clean to patch (encoded once per batch and cached);

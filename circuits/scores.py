@@ -54,6 +54,19 @@ class Scores:
     def n_nodes(self, site: str) -> int:
         return self._get(site).shape[-1]
 
+    def check_finite(self) -> None:
+        """Raise, naming the sites, if any score is NaN or inf: a NaN node would silently drop
+        out of every threshold, top-k and table (NaN compares false)."""
+        bad = {site: int((~torch.isfinite(v)).sum()) for site, v in self.sites.items()
+               if not torch.isfinite(v).all()}
+        if bad:
+            where = ", ".join(f"{site} ({n})" for site, n in bad.items())
+            raise ValueError(
+                f"{self.method} scores of {self.model} have NaN or inf at {where}; a NaN in "
+                "the inputs, the dictionaries or the model's arithmetic (e.g. float16 overflow) "
+                "made them: fix that and score again"
+            )
+
     def error_index(self, site: str) -> int:
         """Index of the site's error node (its last node; a bare site's one node is the
         component)."""

@@ -95,6 +95,7 @@ def select_nodes(
     """
     if scores.per_example:
         raise ValueError("select_nodes needs averaged scores; attribute with per_example=False")
+    scores.check_finite()
     if (node_threshold is None) == (top_k is None):
         raise ValueError("give exactly one of node_threshold= or top_k=")
     if node_threshold is not None:

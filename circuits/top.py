@@ -29,6 +29,7 @@ def top_nodes(scores: Scores, k: int = 20) -> list[RankedNode]:
     """The k nodes with the largest |score| over all sites (averaged scores only)."""
     if scores.per_example:
         raise ValueError("top_nodes needs averaged scores; attribute with per_example=False")
+    scores.check_finite()
     ranked: list[RankedNode] = []
     for site, values in scores.sites.items():
         flat = values.flatten()

@@ -33,6 +33,7 @@ from saes.splice import SplicedModel
 from tasks.pairs import Dataset, PromptPair
 
 MIN_GAP = 1e-3  # |m(M) − m(∅)| below this: the ratio is reported as NaN
+SMALL_GAP = 0.1  # |m(M) − m(∅)| below this share of the largest |metric|: a warning
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class AblationRatio:
     m_empty: float  # m(∅)
     m_full: float  # m(M)
     n_nodes: int  # nodes kept (the complement's count for completeness)
+    warning: str | None = None  # why the value should not be trusted (a small gap), if so
 
     def __float__(self) -> float:
         return self.value
@@ -65,7 +67,8 @@ def as_selection(circuit: Any) -> dict[str, Tensor]:
 
 def ratio(m_circuit: float, m_empty: float, m_full: float, *, min_gap: float = MIN_GAP,
           what: str = "faithfulness") -> float:
-    """(m_circuit − m_empty) / (m_full − m_empty), NaN with a warning when the gap is < min_gap."""
+    """(m_circuit − m_empty) / (m_full − m_empty): NaN with a warning when the gap is < min_gap,
+    and a warning (the value kept) when the gap is small beside the metrics (small_gap)."""
     gap = m_full - m_empty
     if not math.isfinite(gap) or abs(gap) < min_gap:
         warnings.warn(
@@ -77,7 +80,26 @@ def ratio(m_circuit: float, m_empty: float, m_full: float, *, min_gap: float = M
             stacklevel=3,
         )
         return math.nan
-    return (m_circuit - m_empty) / gap
+    value = (m_circuit - m_empty) / gap
+    caveat = small_gap(m_circuit, m_empty, m_full, what)
+    if caveat:
+        warnings.warn(caveat, RuntimeWarning, stacklevel=3)
+    return value
+
+
+def small_gap(m_circuit: float, m_empty: float, m_full: float, what: str = "faithfulness"
+              ) -> str | None:
+    """Why a ratio is unreliable, or None: when m(M) − m(∅) is under SMALL_GAP of the largest
+    |metric| the ablation removes little of the behaviour, and dividing by the gap magnifies
+    noise into values far outside [0, 1] (e.g. 10.5 from a gap of 0.044)."""
+    gap = m_full - m_empty
+    scale = max(abs(m_full), abs(m_empty), abs(m_circuit))
+    if math.isfinite(gap) and abs(gap) < SMALL_GAP * scale:
+        return (f"{what} {(m_circuit - m_empty) / gap:.3g} comes from a small gap m(M) − m(∅) = "
+                f"{gap:.3g} (m(M) = {m_full:.4g}, m(∅) = {m_empty:.4g}, m(C) = {m_circuit:.4g}): "
+                "the ablation removes little of the behaviour, so the ratio magnifies noise; "
+                "read the raw metrics")
+    return None
 
 
 def _evaluate(
@@ -98,7 +120,8 @@ def _evaluate(
         batch_size=batch_size,
     ).tolist()
     value = ratio(m_c, m_empty, m_full, min_gap=min_gap, what=what)
-    return AblationRatio(value, m_c, m_empty, m_full, count(selection))
+    warning = None if math.isnan(value) else small_gap(m_c, m_empty, m_full, what)
+    return AblationRatio(value, m_c, m_empty, m_full, count(selection), warning)
 
 
 def faithfulness(

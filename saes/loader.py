@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 from tqdm.auto import tqdm
+from transformer_lens import HookedTransformerConfig
 
 from saes.dictionary import Dictionary
 from saes.neox import neox_to_hooked
@@ -53,6 +56,8 @@ def load(
     dictionary at every site (nodes = the d_model raw activations + an error node that is always
     0), the neuron baseline, usable wherever SAE dictionaries are. sites: only these sites.
     """
+    if sites is not None:
+        sites = _checked_site_names(sites, dictionaries)
     if isinstance(dictionaries, str):
         if dictionaries != NEURONS:
             raise ValueError(
@@ -63,11 +68,13 @@ def load(
     device = device or default_device()
     start = time.perf_counter()
     if name == "organism":
-        model = _load_organism(dictionaries is not False, sites, device, dtype)
+        model = _check_all_spliced(
+            _load_organism(dictionaries is not False, sites, device, dtype), sites)
     elif name == "pythia-70m-deduped":
-        model = _load_pythia(dictionaries is not False, sites, device, dtype)
+        model = _check_all_spliced(
+            _load_pythia(dictionaries is not False, sites, device, dtype), sites)
     elif name == "gemma-3-270m":
-        if dictionaries:
+        if dictionaries or sites is not None:
             raise ValueError(
                 "gemma-3-270m has no dictionaries yet; load it with dictionaries=False "
                 "(component-level attribution)"
@@ -87,6 +94,39 @@ def load(
     return model
 
 
+def _checked_site_names(sites: object, dictionaries: bool | str | None) -> list[str]:
+    """``sites`` as a list of names, or an error: a string, an empty list, or sites without
+    dictionaries to splice there would otherwise load a model with fewer (or no) dictionaries
+    than asked for, whose nodes are then silently the bare components."""
+    if isinstance(sites, str) or not isinstance(sites, (list, tuple)) or not all(
+        isinstance(n, str) for n in sites
+    ):
+        raise ValueError(f"sites must be a list of site names, e.g. ['resid_0', 'attn_1'], got "
+                         f"{sites!r}")
+    if dictionaries is False:
+        raise ValueError("sites= chooses where dictionaries are spliced, but dictionaries=False "
+                         "loads none; drop sites= or dictionaries=False")
+    if not sites:
+        raise ValueError("sites=[] splices no dictionary; pass dictionaries=False for the bare "
+                         "model, or name the sites to splice")
+    return list(sites)
+
+
+def _check_sites_known(cfg: HookedTransformerConfig, sites: list[str] | None) -> None:
+    """Every name in ``sites`` is a site of this model (before any dictionary is loaded)."""
+    for name in sites or ():
+        site_by_name(cfg, name)  # raises, naming the model's sites
+
+
+def _check_all_spliced(model: SplicedModel, sites: list[str] | None) -> SplicedModel:
+    """The requested sites all got a dictionary (a release may not cover every site)."""
+    missing = [n for n in sites or () if n not in model.dictionaries]
+    if missing:
+        raise ValueError(f"{model.name} has no dictionary at site(s) {missing}; its dictionaries "
+                         f"are at {sorted(model.dictionaries)}")
+    return model
+
+
 def _with_neurons(bare: SplicedModel, sites: list[str] | None) -> SplicedModel:
     """The bare model with an identity dictionary (d_sae = d_model) at each site (or ``sites``)."""
     if sites is None:
@@ -100,6 +140,20 @@ def _with_neurons(bare: SplicedModel, sites: list[str] | None) -> SplicedModel:
         bare.transformer, dicts, name=f"{bare.name}+neurons", family=bare.family,
         prepend_bos=bare.prepend_bos,
     )
+
+
+@contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """transformers' weight-loading progress bar off inside (restored after)."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 def _hub_model(repo: str, device: str, dtype: torch.dtype):
@@ -119,6 +173,7 @@ def _hub_model(repo: str, device: str, dtype: torch.dtype):
 
 def _load_pythia(with_dicts: bool, sites: list[str] | None, device: str, dtype: torch.dtype):
     model = _hub_model("EleutherAI/pythia-70m-deduped", device, dtype)
+    _check_sites_known(model.cfg, sites)
     dicts: dict[str, Dictionary] = {}
     if with_dicts:
         from sae_lens import SAE
@@ -154,8 +209,10 @@ def _load_organism(with_dicts: bool, sites: list[str] | None, device: str, dtype
             "`python -m saes.organism.train`"
         )
     tokenizer = AutoTokenizer.from_pretrained(ORGANISM_DIR)
-    hf_model = GPTNeoXForCausalLM.from_pretrained(ORGANISM_DIR, dtype=dtype)
+    with _no_progress_bar():  # 52 local tensors in a blink: a bar is only stderr noise
+        hf_model = GPTNeoXForCausalLM.from_pretrained(ORGANISM_DIR, dtype=dtype)
     model = neox_to_hooked(hf_model, tokenizer, device=device, dtype=dtype)
+    _check_sites_known(model.cfg, sites)
     dicts: dict[str, Dictionary] = {}
     if with_dicts:
         from sae_lens import SAE

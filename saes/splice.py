@@ -78,7 +78,17 @@ class SplicedModel:
                     f"dictionary for site {site.name} has d_in={dictionary.d_in} but the site "
                     f"has width {model.cfg.d_model}; load dictionaries trained for {name}"
                 )
+            bad = [n for n, t in dictionary.named_parameters() if not torch.isfinite(t).all()]
+            if bad:
+                raise ValueError(
+                    f"dictionary for site {site.name} has NaN or inf in {', '.join(bad)}; the "
+                    "weights file is corrupt or the training diverged: reload or retrain it"
+                )
             self.dictionaries[site.name] = dictionary.to(self.device)
+        bad = [n for n, t in model.named_parameters() if not torch.isfinite(t).all()]
+        if bad:
+            raise ValueError(f"model {name} has NaN or inf in {', '.join(bad[:5])}"
+                             f"{' ...' if len(bad) > 5 else ''}; reload its weights")
 
     # ---- basics ------------------------------------------------------------------------------
     @property

@@ -25,6 +25,7 @@ from circuits.cli.common import (
     load_pairs,
     method_kwargs,
 )
+from circuits.cli.notes import recorded_warnings
 from circuits.cli.rundir import run_dir
 from circuits.methods import EDGE_METHODS, METHODS
 from circuits.top import top_nodes
@@ -83,7 +84,8 @@ def check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> None:
     check(args)
-    with run_dir(args.out, f"{args.task}-{args.method}", args) as target:
+    with run_dir(args.out, f"{args.task}-{args.method}", args) as target, \
+            recorded_warnings() as notes:
         model = load_model(args.model, args.device)
         train, test = load_pairs(args.task, model, args.n, args.eval_n)
         started = time.perf_counter()
@@ -116,6 +118,7 @@ def run(args: argparse.Namespace) -> None:
             "m_full": faith.m_full, "m_empty": faith.m_empty, "m_circuit": faith.m_circuit,
             "m_complement": complete.m_circuit,
             "seconds_nodes": round(node_seconds, 2), "seconds_circuit": round(edge_seconds, 2),
+            "warnings": notes.messages,  # e.g. an empty circuit, a ratio from a small gap
         }
         (target.work / "summary.json").write_text(json.dumps(summary, indent=1))
         ranked = top_nodes(scores, args.top)

@@ -15,6 +15,7 @@ from circuits.cli.common import (
     load_pairs,
     read_circuit,
 )
+from circuits.cli.notes import recorded_warnings
 from circuits.cli.rundir import run_dir
 from evaluation import completeness, faithfulness, node_means
 from saes.loader import MODELS
@@ -38,7 +39,8 @@ def run(args: argparse.Namespace) -> None:
     if model_name not in MODELS:
         raise UsageError(f"the circuit's model {model_name!r} is not one of {MODELS}; "
                          "pass --model")
-    with run_dir(args.out, f"evaluate-{args.task}", args) as target:
+    with run_dir(args.out, f"evaluate-{args.task}", args) as target, \
+            recorded_warnings() as notes:
         model = load_model(model_name, args.device, "neurons" if neurons else None)
         _, test = load_pairs(args.task, model, 0, args.eval_n)
         means = node_means(model, test)
@@ -51,6 +53,7 @@ def run(args: argparse.Namespace) -> None:
             "faithfulness": finite(faith.value), "completeness": finite(complete.value),
             "m_full": faith.m_full, "m_empty": faith.m_empty, "m_circuit": faith.m_circuit,
             "m_complement": complete.m_circuit, "intact_layers": args.intact_layers,
+            "warnings": notes.messages,
         }
         (target.work / "evaluation.json").write_text(json.dumps(result, indent=1))
         print(f"{circuit.n_nodes} nodes on {len(test)} {args.task} pairs: faithfulness "

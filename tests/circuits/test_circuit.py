@@ -215,3 +215,20 @@ def test_default_threshold_keeps_at_most_500_nodes_where_effects_are_spread(scor
         k: torch.randn(300, generator=gen) * 1e-3 for k in scores.sites})
     assert sum(v.numel() for v in spread.sites.values()) > 1000
     assert build(spread).n_nodes == 500
+
+
+def test_nothing_to_attribute_is_refused_not_a_whole_model_circuit(tiny, data):
+    """Clean and patch prompts alike: every score is 0; attribute warns, build refuses (the
+    default threshold would be 0 and keep every node, a "circuit" with faithfulness 1)."""
+    same = dataclasses.replace(data, patch_tokens=data.clean_tokens.clone())
+    with pytest.warns(RuntimeWarning, match="every atp score is 0"):
+        scores = attribute(tiny, same, "atp", progress=False)
+    with pytest.raises(ValueError, match="there is no circuit to build"):
+        build(scores)
+
+
+def test_an_empty_circuit_is_warned_of(scores):
+    largest = max(float(v.abs().max()) for v in scores.sites.values())
+    with pytest.warns(RuntimeWarning, match="the circuit is empty"):
+        empty = build(scores, node_threshold=2 * largest)
+    assert empty.n_nodes == 0

@@ -36,3 +36,17 @@ def test_score_files_are_told_apart(tiny: SplicedModel, data: Dataset, tmp_path)
         EdgeScores.load(path)
     with pytest.raises(FileNotFoundError, match="no Scores file at"):
         Scores.load(tmp_path / "missing.safetensors")
+
+
+def test_nan_scores_fail_naming_the_site():
+    """A NaN score would drop out of every threshold and table: selection, the top-node table
+    and build refuse, naming the site."""
+    from circuits import build, select_nodes
+    from circuits.top import top_nodes
+
+    sites = {"resid_0": torch.tensor([0.5, float("nan"), 2.0]), "mlp_0": torch.tensor([1.0, 0.0])}
+    scores = Scores("atp", "toy", "sum", False, sites, n_examples=1)
+    for call in (lambda: select_nodes(scores, top_k=2), lambda: top_nodes(scores),
+                 lambda: build(scores)):
+        with pytest.raises(ValueError, match=r"NaN or inf at resid_0 \(1\)"):
+            call()

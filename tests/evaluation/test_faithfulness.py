@@ -16,6 +16,7 @@ from evaluation import (
     faithfulness,
     sweep,
 )
+from evaluation.faithfulness import ratio, small_gap
 from saes import load
 from tasks import sva
 from tasks.pairs import tokenize
@@ -134,3 +135,18 @@ def test_relp_circuit_is_faithful_on_the_organism(organism, construction):
     assert not reached.empty, df[["n_nodes", "faithfulness"]].to_string()
     total = sum(v.numel() for v in scores.sites.values())
     assert reached["n_nodes"].min() <= 0.12 * total  # at most 400 of 3341 nodes
+
+
+def test_a_ratio_from_a_small_gap_is_warned_of():
+    """The case that printed faithfulness 10.5 from a gap m(M) − m(∅) of 0.044: the value is
+    kept, with a warning; an ordinary gap gets none."""
+    with pytest.warns(RuntimeWarning, match="comes from a small gap"):
+        value = ratio(0.462, 0.0, 0.044)
+    assert value == pytest.approx(10.5)
+    assert small_gap(0.462, 0.0, 0.044) is not None
+    assert small_gap(5.2, -0.25, 5.9) is None
+
+
+def test_faithfulness_carries_its_warning(organism, test_set, relp):
+    result = faithfulness(organism, select_nodes(relp, top_k=40), test_set)
+    assert result.warning is None and 0 < result.value < 1.5

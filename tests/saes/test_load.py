@@ -79,3 +79,20 @@ def test_offline_without_cache_says_how_to_fix(tmp_path):
     assert run.returncode != 0
     assert "not in the local Hugging Face cache" in run.stderr
     assert "python -m saes.offline_cache" in run.stderr
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"sites": ["resid_9"]}, r"unknown site 'resid_9'"),
+    ({"sites": "resid_0"}, r"sites must be a list of site names"),
+    ({"sites": []}, r"sites=\[\] splices no dictionary"),
+    ({"sites": ["resid_0"], "dictionaries": False}, r"dictionaries=False loads none"),
+    ({"sites": ["resid_0"], "dictionaries": "neurons"}, None),
+])
+def test_sites_that_cannot_be_honoured_are_refused(kwargs, message):
+    """Never silently fewer dictionaries than asked for (then bare components are scored)."""
+    if message is None:
+        model = load("organism", device="cpu", **kwargs)
+        assert list(model.dictionaries) == kwargs["sites"] and not model.components_only
+        return
+    with pytest.raises(ValueError, match=message):
+        load("organism", device="cpu", **kwargs)

@@ -104,6 +104,17 @@ def test_width_mismatch_names_site_and_fix(tiny: SplicedModel):
                      prepend_bos=False)
 
 
+def test_nan_weights_are_refused_naming_the_site(tiny: SplicedModel):
+    d = tiny.dictionaries["mlp_1"]
+    broken = Dictionary(d.W_enc.detach().clone(), d.b_enc.detach(), d.W_dec.detach().clone(),
+                        d.b_dec.detach())
+    with torch.no_grad():
+        broken.W_dec[3, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"site mlp_1 has NaN or inf in W_dec"):
+        SplicedModel(tiny.transformer, {"mlp_1": broken}, name="tiny", family="neox",
+                     prepend_bos=False)
+
+
 def test_unknown_site(tiny: SplicedModel):
     with pytest.raises(ValueError, match=r"unknown site 'attn_9'.*L in 0\.\.1"):
         tiny.site("attn_9")
