@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
@@ -35,6 +37,11 @@ PYTHIA_RELEASES = (
 )
 MODELS = ("organism", "pythia-70m-deduped", "gemma-3-270m")
 NEURONS = "neurons"
+
+
+class WeightsUnavailable(FileNotFoundError):
+    """A model's or dictionary's weights are not on this machine and cannot be fetched (offline
+    hub, empty cache, a missing shipped folder); the message says how to get them."""
 
 
 def default_device() -> str:
@@ -142,6 +149,21 @@ def _with_neurons(bare: SplicedModel, sites: list[str] | None) -> SplicedModel:
     )
 
 
+def _checked_sae(read: Callable[[], Any], what: str) -> Any:
+    """sae_lens' SAE from ``read()``; a config that disagrees with its weights (a shape
+    mismatch when the state dict is loaded) is an error naming the dictionary."""
+    try:
+        return read()
+    except RuntimeError as err:
+        if "size mismatch" not in str(err):
+            raise
+        detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line),
+                      str(err))
+        raise ValueError(f"dictionary {what}: its cfg.json and its weights disagree ({detail}); "
+                         "the files are from different dictionaries: re-download or rebuild "
+                         "it") from err
+
+
 @contextmanager
 def _no_progress_bar() -> Iterator[None]:
     """transformers' weight-loading progress bar off inside (restored after)."""
@@ -163,7 +185,7 @@ def _hub_model(repo: str, device: str, dtype: torch.dtype):
         tokenizer = AutoTokenizer.from_pretrained(repo)
         hf_model = AutoModelForCausalLM.from_pretrained(repo, dtype=dtype)
     except (OSError, LocalEntryNotFoundError, OfflineModeIsEnabled) as err:
-        raise RuntimeError(
+        raise WeightsUnavailable(
             f"cannot load {repo}: it is not in the local Hugging Face cache and the hub is "
             "unreachable or HF_HUB_OFFLINE=1. Go online once, or build the offline stand-in "
             "with `python -m saes.offline_cache --out .hf_cache` and set HF_HUB_CACHE=.hf_cache"
@@ -188,9 +210,10 @@ def _load_pythia(with_dicts: bool, sites: list[str] | None, device: str, dtype: 
         ]
         for release, sae_id in tqdm(wanted, desc="dictionaries", leave=False):
             try:
-                sae = SAE.from_pretrained(release, sae_id, device="cpu")
+                sae = _checked_sae(partial(SAE.from_pretrained, release, sae_id, device="cpu"),
+                                   f"{release}/{sae_id}")
             except (OSError, LocalEntryNotFoundError, OfflineModeIsEnabled) as err:
-                raise RuntimeError(
+                raise WeightsUnavailable(
                     f"cannot load dictionary {release}/{sae_id}: not in the local Hugging Face "
                     "cache and the hub is unreachable. Build the offline stand-in with "
                     "`python -m saes.offline_cache` or go online once"
@@ -204,7 +227,7 @@ def _load_organism(with_dicts: bool, sites: list[str] | None, device: str, dtype
     from transformers import AutoTokenizer, GPTNeoXForCausalLM
 
     if not (ORGANISM_DIR / "config.json").exists():
-        raise RuntimeError(
+        raise WeightsUnavailable(
             f"the model organism is missing from {ORGANISM_DIR}; rebuild it with "
             "`python -m saes.organism.train`"
         )
@@ -220,7 +243,7 @@ def _load_organism(with_dicts: bool, sites: list[str] | None, device: str, dtype
         for folder in sorted((ORGANISM_DIR / "dictionaries").iterdir()):
             if sites is not None and folder.name not in sites:
                 continue
-            sae = SAE.load_from_disk(folder, device="cpu")
+            sae = _checked_sae(partial(SAE.load_from_disk, folder, device="cpu"), str(folder))
             site = site_by_hook_name(model.cfg, sae.cfg.metadata.hook_name)
             dicts[site.name] = Dictionary.from_sae_lens(sae)
     return SplicedModel(model, dicts, name="organism", family="neox", prepend_bos=False)

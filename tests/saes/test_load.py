@@ -96,3 +96,19 @@ def test_sites_that_cannot_be_honoured_are_refused(kwargs, message):
         return
     with pytest.raises(ValueError, match=message):
         load("organism", device="cpu", **kwargs)
+
+
+def test_a_dictionary_whose_config_and_weights_disagree_is_named(tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from saes import loader
+
+    weights = tmp_path / "weights"
+    shutil.copytree(loader.ORGANISM_DIR, weights)
+    cfg = weights / "dictionaries" / "attn_1" / "cfg.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "d_sae": 128}))
+    monkeypatch.setattr(loader, "ORGANISM_DIR", weights)
+    with pytest.raises(ValueError, match=r"dictionary .*attn_1: its cfg.json and its weights "
+                                         r"disagree \(size mismatch for W_dec"):
+        load("organism", device="cpu")

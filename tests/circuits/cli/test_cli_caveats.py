@@ -1,5 +1,6 @@
 """The CLI says what the library warns of or refuses: nothing to attribute, an empty circuit
-(a warning on stderr and in summary.json), a dictionary with NaN weights (one line, exit 2)."""
+(a warning on stderr and in summary.json), a dictionary with NaN weights or with a config its
+weights disagree with (one line, exit 2)."""
 
 from __future__ import annotations
 
@@ -62,3 +63,14 @@ def test_a_dictionary_with_nan_weights_is_one_line_naming_the_site(tmp_path, cap
     assert code == 2
     assert "site mlp_2 has NaN or inf in W_dec" in one_error_line(capsys)
     assert torch.isnan(load_file(file)["W_dec"][5, 7])  # the test did break the file
+
+
+def test_a_dictionary_whose_config_disagrees_is_one_line(tmp_path, capsys, monkeypatch):
+    weights = tmp_path / "weights"
+    shutil.copytree(loader.ORGANISM_DIR, weights)
+    cfg = weights / "dictionaries" / "resid_0" / "cfg.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "d_sae": 100}))
+    monkeypatch.setattr(loader, "ORGANISM_DIR", weights)
+    code = main(["discover", "--task", "simple", "--out", str(tmp_path / "run"), *SMALL])
+    assert code == 2
+    assert "resid_0: its cfg.json and its weights disagree" in one_error_line(capsys)
