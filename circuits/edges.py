@@ -58,6 +58,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuits.context import AttributionContext
+from circuits.forward import forward
 from circuits.lrp_rules import rule_hooks, rules_for
 from circuits.methods import IGOptions, Options, RuledOptions
 from circuits.methods import method as method_record
@@ -66,7 +67,7 @@ from circuits.nodes import SiteDelta, linear_scores
 from circuits.scores import read_tensors, write_tensors
 from circuits.select import Selection, check_selection
 from circuits.types import Aggregation
-from saes.sites import Site, attn_out, resid_mid, resid_pre, upstream
+from saes.sites import Site, attn_out, metric_readers, resid_mid, resid_pre, spliced_upstream
 from saes.splice import SplicedModel, TLHook
 from tasks.pairs import Dataset, PromptPair
 
@@ -155,26 +156,22 @@ class EdgeScores:
 # ---- the site graph --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SiteGraph:
-    """Which node sites feed which, read from the model config."""
+    """Which node sites feed which, read from the model config and the set of spliced sites."""
 
     sites: list[Site]  # node sites, forward order
     upstream: dict[str, list[Site]]  # downstream site name -> its upstream node sites
-    last: list[Site]  # sites the metric reads directly
+    last: list[Site]  # sites the metric reads (through unspliced sites only)
+    complete: bool  # every site of the model is a node site: each edge spans one sublayer
 
 
 def site_graph(model: SplicedModel) -> SiteGraph:
+    """The config's site graph restricted to the node sites (saes.sites.spliced_upstream): an
+    edge joins a node site to each node site it reaches through unspliced sites only."""
     sites = model.node_sites
     names = {s.name for s in sites}
-    if model.dictionaries and len(names) != len(model.sites):
-        missing = [s.name for s in model.sites if s.name not in names]
-        raise ValueError(
-            f"edges need a dictionary at every site (paths through unspliced sites cannot be "
-            f"cut); {model.name} has none at {missing}: load dictionaries for every site or use "
-            "the bare model"
-        )
-    ups = {s.name: [u for u in upstream(model.cfg, s) if u.name in names] for s in sites}
-    fed = {u.name for us in ups.values() for u in us}
-    return SiteGraph(sites, ups, [s for s in sites if s.name not in fed])
+    ups = {s.name: spliced_upstream(model.cfg, s, names) for s in sites}
+    last = metric_readers(model.cfg, names)
+    return SiteGraph(sites, ups, last, complete=len(names) == len(model.sites))
 
 
 # ---- the computation -------------------------------------------------------------------------
@@ -300,8 +297,10 @@ def _edges_of_batch(
     read = {down for _, down in weights} | {site.name for site in graph.last}  # g used there
     states = _site_states(ctx, options, hooks, read)
     _check_residual_sum(model, states)
-    for site in graph.last:  # edges to the metric: the node scores Δu · g
-        scores = linear_scores(model, states[site.name].delta, states[site.name].grad)
+    cut = None if graph.complete else _CutForward(ctx, graph, hooks)
+    for site in graph.last:  # edges to the metric: Δu · ∂m/∂u, other node sites held clean
+        g = states[site.name].grad if cut is None else cut.metric_gradient(site)
+        scores = linear_scores(model, states[site.name].delta, g)  # complete: the node score
         flat = scores.sum(0) if masks[site.name].ndim == 2 else scores.sum((0, 1))
         metric[site.name] += flat.flatten()[nodes[site.name]]
     blocks: dict[int, _Block] = {}
@@ -309,19 +308,62 @@ def _edges_of_batch(
         ups = [u for u in graph.upstream[site.name] if (u.name, site.name) in weights]
         if not ups:
             continue
-        if site.kind in ("attn", "mlp") and site.layer not in blocks:
+        if cut is None and site.kind in ("attn", "mlp") and site.layer not in blocks:
             blocks = {site.layer: _Block(model, site.layer, ctx.clean, hooks)}  # one alive
         down = nodes[site.name]
         per_node = CHUNK_FLOATS // states[site.name].x[0].numel() // len(ctx) + 1
         for start in range(0, len(down), per_node):
             rows = slice(start, start + per_node)
             v = _cotangents(model, site, states[site.name], down[rows], masks[site.name])
-            # [N, b, pos, d] at the sublayer's input, the same for every upstream site (each
-            # reaches it by the identity); a resid site's upstream sites are its own summands
-            g_up = v if site.kind == "resid" else blocks[site.layer].vjp(site, v)
+            if cut is not None:  # through the unspliced blocks between, one VJP per chunk
+                g_ups = cut.vjp(site, v, ups)
+            else:
+                # [N, b, pos, d] at the sublayer's input, the same for every upstream site
+                # (each reaches it by the identity); a resid site's upstream sites are its
+                # own summands
+                g_up = v if site.kind == "resid" else blocks[site.layer].vjp(site, v)
+                g_ups = dict.fromkeys((u.name for u in ups), g_up)
             for up in ups:
                 weights[(up.name, site.name)][rows] += _upstream_dots(
-                    model, states[up.name].delta, g_up, masks[up.name], nodes[up.name])
+                    model, states[up.name].delta, g_ups[up.name], masks[up.name],
+                    nodes[up.name])
+
+
+class _CutForward:
+    """One clean forward with every node site cut: its activation replaced by a leaf of the
+    same value. What arrives at a site is then a function of its upstream node sites' leaves
+    only (the other node sites held at their clean values, as SFC defines an edge), with the
+    unspliced blocks in between computing, LRP rule hooks active for relp. Used where not
+    every site is a node site; with all of them the sublayer fast paths of _Block apply."""
+
+    def __init__(self, ctx: AttributionContext, graph: SiteGraph, hooks: list[TLHook]):
+        self.arriving: dict[str, Tensor] = {}  # site -> activation as it arrives [b, pos, d]
+        self.leaves: dict[str, Tensor] = {}  # site -> the leaf the forward goes on with
+        names = {s.hook_name: s.name for s in graph.sites}
+
+        def cut(x: Tensor, hook) -> Tensor:
+            self.arriving[names[hook.name]] = x
+            leaf = x.detach().requires_grad_(True)
+            self.leaves[names[hook.name]] = leaf
+            return leaf
+
+        self.value, _ = forward(ctx.model, ctx.batch.clean_tokens, ctx.targets,
+                                hooks=[*hooks, *((h, cut) for h in names)], grad=True)
+
+    def metric_gradient(self, site: Site) -> Tensor:
+        """∂(Σ metric)/∂ the site's leaf: the metric's gradient with the other node sites cut."""
+        (g,) = torch.autograd.grad(self.value.sum(), self.leaves[site.name], retain_graph=True,
+                                   allow_unused=True)
+        return torch.zeros_like(self.leaves[site.name]) if g is None else g
+
+    def vjp(self, down: Site, v: Tensor, ups: list[Site]) -> dict[str, Tensor]:
+        """v [N, b, pos, d] at the arriving activation of ``down`` -> [N, b, pos, d] at each
+        upstream site's leaf."""
+        leaves = [self.leaves[u.name] for u in ups]
+        grads = torch.autograd.grad(self.arriving[down.name], leaves, grad_outputs=v,
+                                    retain_graph=True, is_grads_batched=True, allow_unused=True)
+        return {u.name: torch.zeros_like(v) if g is None else g
+                for u, g in zip(ups, grads, strict=True)}
 
 
 def _site_states(
@@ -355,12 +397,17 @@ def _site_states(
 
 
 def _check_residual_sum(model: SplicedModel, states: dict[str, _SiteState]) -> None:
-    """resid_L = resid_{L-1} + attn_L + mlp_L: what makes every edge into resid an identity."""
+    """resid_L = resid_{L-1} + attn_L + mlp_L: what makes every edge into resid an identity
+    (checked where all four are node sites)."""
     for layer in range(model.cfg.n_layers):
-        prev = states["embed" if layer == 0 else f"resid_{layer - 1}"].x
-        total = prev + states[f"attn_{layer}"].x + states[f"mlp_{layer}"].x
-        got = states[f"resid_{layer}"].x
-        if not torch.allclose(total, got, atol=1e-4 * (1 + float(got.abs().max())), rtol=1e-4):
+        names = ["embed" if layer == 0 else f"resid_{layer - 1}", f"attn_{layer}",
+                 f"mlp_{layer}", f"resid_{layer}"]
+        if not all(n in states for n in names):
+            continue
+        prev, attn, mlp, resid = (states[n].x for n in names)
+        total = prev + attn + mlp
+        if not torch.allclose(total, resid, atol=1e-4 * (1 + float(resid.abs().max())),
+                              rtol=1e-4):
             raise ValueError(
                 f"resid_{layer} != resid_{layer - 1} + attn_{layer} + mlp_{layer} in "
                 f"{model.name} (e.g. a norm after the sublayer outputs); edges assume the "

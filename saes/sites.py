@@ -119,3 +119,32 @@ def upstream(cfg: HookedTransformerConfig, site: Site) -> list[Site]:
     if site.kind == "mlp":
         return [prev] if cfg.parallel_attn_mlp else [prev, attn]
     return [prev, attn, mlp]
+
+
+def spliced_upstream(cfg: HookedTransformerConfig, site: Site, spliced: set[str]) -> list[Site]:
+    """The spliced sites that feed ``site`` along a path of unspliced sites only (forward order).
+
+    With every site spliced this is ``upstream``; with a subset (e.g. resid_5 and resid_9 only),
+    an unspliced site in between passes its inputs on: resid_5 feeds resid_9 through blocks
+    6..9. A path through another spliced site is cut there, as Sparse Feature Circuits cuts it.
+    """
+    found: dict[str, Site] = {}
+    stack = list(upstream(cfg, site))
+    seen: set[str] = set()
+    while stack:
+        u = stack.pop()
+        if u.name in seen:
+            continue
+        seen.add(u.name)
+        if u.name in spliced:
+            found[u.name] = u
+        else:
+            stack.extend(upstream(cfg, u))
+    return sorted(found.values())
+
+
+def metric_readers(cfg: HookedTransformerConfig, spliced: set[str]) -> list[Site]:
+    """The spliced sites the metric reads along a path of unspliced sites only: the last
+    residual stream if spliced, else the spliced sites that reach it (forward order)."""
+    last = site_by_name(cfg, f"resid_{cfg.n_layers - 1}")
+    return [last] if last.name in spliced else spliced_upstream(cfg, last, spliced)

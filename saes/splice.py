@@ -78,7 +78,9 @@ class SplicedModel:
                     f"dictionary for site {site.name} has d_in={dictionary.d_in} but the site "
                     f"has width {model.cfg.d_model}; load dictionaries trained for {name}"
                 )
-            bad = [n for n, t in dictionary.named_parameters() if not torch.isfinite(t).all()]
+            # a JumpReLU threshold may be ±inf (never / always on); nothing may be NaN
+            bad = [n for n, t in dictionary.named_parameters()
+                   if (t.isnan() if n == "threshold" else ~torch.isfinite(t)).any()]
             if bad:
                 raise ValueError(
                     f"dictionary for site {site.name} has NaN or inf in {', '.join(bad)}; the "
