@@ -11,7 +11,7 @@ from collections import Counter
 
 from transformers import PreTrainedTokenizerBase
 
-from .pairs import PromptPair, encode_all
+from .pairs import PromptPair, encode_all, whole_number
 
 TEMPLATES: dict[str, str] = {
     "then": "Then, {B} and {A} went to the {place}. {B} gave a {object} to",
@@ -67,11 +67,19 @@ def generate(
 ) -> list[PromptPair]:
     """n distinct IOI pairs, templates in turn, names/place/object drawn with seed.
 
-    With a tokenizer only names that are one token (with their leading space) are used, and
+    With a tokenizer only names that are one known token (with their leading space; not the
+    tokenizer's unknown token) are used, and
     each template keeps its most common prompt length, so clean and patch always match; the
     "after" template is one token shorter than "then"/"when" for GPT-NeoX, so pass
     templates=("then", "when") when every prompt must have one length.
     """
+    n = whole_number("n", n)
+    seed = whole_number("seed", seed, minimum=0)
+    if isinstance(templates, str):
+        raise ValueError(
+            f"templates must be a tuple of template names, got the string {templates!r}; "
+            f"pass ({templates!r},)"
+        )
     templates = tuple(TEMPLATES) if templates is None else tuple(templates)
     unknown = [t for t in templates if t not in TEMPLATES]
     if unknown or not templates:
@@ -79,9 +87,14 @@ def generate(
     names = list(NAMES)
     if tokenizer is not None:
         ids = encode_all([f" {name}" for name in names], tokenizer)
-        names = [name for name, i in zip(names, ids, strict=True) if len(i) == 1]
+        unk = tokenizer.unk_token_id
+        names = [name for name, i in zip(names, ids, strict=True) if len(i) == 1 and i[0] != unk]
         if len(names) < 2:
-            raise ValueError("fewer than two IOI names are one token for this tokenizer")
+            raise ValueError(
+                f"fewer than two IOI names are one known token for this tokenizer (e.g. "
+                f"{' ' + NAMES[0]!r} encodes to ids {ids[0]}); use a tokenizer that knows "
+                "English names"
+            )
     fills = {t: _fillings(t, tokenizer, names) for t in templates}
     capacity = len(templates) * min(len(f) for f in fills.values()) * len(names) * (len(names) - 1)
     if n > capacity:

@@ -17,14 +17,23 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
+import warnings
 from functools import cache, lru_cache
-from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
 from . import sva_words as w
-from .pairs import DATA_DIR, PromptPair, keep_uniform, tokenizer_id
+from .pairs import (
+    DATA_DIR,
+    Dropped,
+    PromptPair,
+    filter_uniform,
+    keep_uniform,
+    tokenizer_id,
+    whole_number,
+)
 
 CONSTRUCTIONS = ("simple", "within_rc", "across_rc", "across_pp")
 SPLITS = ("train", "test")
@@ -32,6 +41,7 @@ SOURCES = ("generated", "file")
 FILES = {"simple": "simple", "across_pp": "nounpp", "within_rc": "within_rc"}
 SVA_DIR = DATA_DIR / "sva"
 TEST_FRACTION = 0.25  # share of prompt groups held out for split="test" (generated)
+REPEATED = "repeating an earlier line"  # load_jsonl's reason for a repeat
 _KEYS = ("clean_prefix", "patch_prefix", "clean_answer", "patch_answer")
 _UNIFORM: dict[tuple[str, str], tuple[PromptPair, ...]] = {}  # (construction, tokenizer id)
 
@@ -121,7 +131,8 @@ def pool(
     else:
         key = (construction, tokenizer_id(tokenizer))
         if key not in _UNIFORM:
-            _UNIFORM[key] = tuple(keep_uniform(space(construction), tokenizer))
+            what = f"the {construction} templates"
+            _UNIFORM[key] = tuple(keep_uniform(space(construction), tokenizer, what))
         pairs = list(_UNIFORM[key])
     if split is not None:
         _check_split(split)
@@ -144,6 +155,8 @@ def generate(
     length. split ("train"/"test") draws from that part of the space only; a smaller n is a
     prefix of a larger one under the same seed.
     """
+    n = whole_number("n", n)
+    seed = whole_number("seed", seed, minimum=0)
     candidates = pool(construction, split, tokenizer)
     if not candidates:
         raise ValueError(
@@ -159,21 +172,87 @@ def generate(
     return out
 
 
-def read_jsonl(path: str | Path) -> list[PromptPair]:
-    """Pairs from a feature-circuits JSON Lines file (clean_prefix, patch_prefix, clean_answer,
-    patch_answer, optional case), in file order, repeats kept."""
+def _rows(path: str | os.PathLike[str]) -> list[tuple[int, PromptPair]]:
+    """(line number, pair) of every non-blank line of a JSON Lines file of prompt pairs; a line
+    that is not a JSON object with the four keys, each a string, is an error naming it."""
+    need = f"each line must be a JSON object with string values for {', '.join(_KEYS)}"
     out = []
-    with open(path) as f:
-        for line_no, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(
+                    f"{path}:{line_no} is not UTF-8 text ({err.reason} at byte {err.start}); "
+                    "save the file as UTF-8"
+                ) from None
             if not line.strip():
                 continue
-            row = json.loads(line)
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(
+                    f"{path}:{line_no} is not valid JSON ({err.msg} at column {err.colno}); {need}"
+                ) from None
+            if not isinstance(row, dict):
+                raise ValueError(
+                    f"{path}:{line_no} is a JSON {type(row).__name__}, not an object; {need}"
+                )
             missing = [k for k in _KEYS if k not in row]
             if missing:
                 raise ValueError(f"{path}:{line_no} lacks keys {missing}; each line needs {_KEYS}")
+            for key in (*_KEYS, "case"):
+                if key in row and not isinstance(row[key], str):
+                    raise ValueError(
+                        f"{path}:{line_no}: {key} is {row[key]!r} "
+                        f"({type(row[key]).__name__}), not a string; {need}"
+                    )
+            for key in _KEYS[:2]:
+                if not row[key].strip():
+                    raise ValueError(
+                        f"{path}:{line_no}: {key} is empty; every prompt needs at least one word"
+                    )
             clean, patch, clean_answer, patch_answer = (row[k] for k in _KEYS)
-            out.append(PromptPair(clean, patch, clean_answer, patch_answer, row.get("case", "")))
+            pair = PromptPair(clean, patch, clean_answer, patch_answer, row.get("case", ""))
+            out.append((line_no, pair))
+    if not out:
+        raise ValueError(f"{path} holds no prompt pairs (no non-blank line); {need}")
     return out
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[PromptPair]:
+    """Pairs from a feature-circuits JSON Lines file (clean_prefix, patch_prefix, clean_answer,
+    patch_answer, optional case), in file order, repeats kept. A malformed line (invalid JSON,
+    missing keys, values not strings, an empty prompt) or an empty file is an error naming the
+    file and the line."""
+    return [pair for _, pair in _rows(path)]
+
+
+def load_jsonl(
+    path: str | os.PathLike[str], tokenizer: PreTrainedTokenizerBase | None = None
+) -> tuple[list[PromptPair], Dropped]:
+    """The distinct pairs of a JSON Lines file in file order and a report (by file line) of those
+    dropped: repeats of an earlier line and, with a tokenizer, those `filter_uniform` drops
+    (empty or multi-token answers, clean and patch of different lengths, prompts not of the
+    most common length). A word that encodes to the tokenizer's unknown token is an error
+    naming the line, and so is a file of which no pair remains."""
+    rows = _rows(path)
+    first: dict[PromptPair, int] = {}
+    repeats = []
+    for line_no, pair in rows:
+        if pair in first:
+            repeats.append(line_no)
+        else:
+            first[pair] = line_no
+    pairs, lines = list(first), list(first.values())
+    reasons = {REPEATED: repeats} if repeats else {}
+    if tokenizer is not None:
+        pairs, dropped = filter_uniform(pairs, tokenizer, names=[f"{path}:{n}" for n in lines])
+        reasons |= {why: [lines[i] for i in where] for why, where in dropped.reasons.items()}
+    report = Dropped(len(rows), reasons, unit="line")
+    if not pairs:
+        raise report.none_remain(str(path))
+    return pairs, report
 
 
 def _dedup(pairs: list[PromptPair]) -> list[PromptPair]:
@@ -207,7 +286,7 @@ def _file_pairs(
 
 
 def load(
-    construction: str,
+    construction: str | os.PathLike[str],
     split: str = "train",
     n: int | None = None,
     *,
@@ -221,16 +300,29 @@ def load(
     prompt groups), shuffled with seed.
     source="file": the feature-circuits file (across_pp reads nounpp), deduplicated, in file
     order; test drops anything in train. construction may also be a path to a JSON Lines
-    file (deduplicated; split is then ignored). With a tokenizer, only pairs with one-token
-    answers at one shared prompt length. n keeps the first n (error if fewer exist).
+    file (deduplicated; split is then ignored; what is dropped is counted in a warning, see
+    `load_jsonl`). With a tokenizer, only pairs with one-token answers at one shared prompt
+    length. n keeps the first n (error if fewer exist).
     """
     _check_split(split)
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; use one of {SOURCES}")
-    if construction.endswith((".json", ".jsonl")) or "/" in construction:
-        pairs = _dedup(read_jsonl(construction))
-        if tokenizer is not None:
-            pairs = keep_uniform(pairs, tokenizer)
+    if n is not None:
+        n = whole_number("n", n)
+    seed = whole_number("seed", seed, minimum=0)
+    if isinstance(construction, os.PathLike):
+        construction, is_path = str(os.fspath(construction)), True
+    elif isinstance(construction, str):
+        is_path = construction.endswith((".json", ".jsonl")) or "/" in construction
+    else:
+        raise ValueError(
+            f"construction must be one of {CONSTRUCTIONS} or a path to a JSON Lines file, got "
+            f"{construction!r} ({type(construction).__name__})"
+        )
+    if is_path:
+        pairs, dropped = load_jsonl(construction, tokenizer)
+        if dropped:
+            warnings.warn(f"{construction}: {dropped}", stacklevel=2)
         what = str(construction)
     else:
         _check_construction(construction)
@@ -241,8 +333,6 @@ def load(
             random.Random(seed).shuffle(pairs)
         what = f"{construction} {split} ({source})"
     if n is not None:
-        if n < 1:
-            raise ValueError(f"n must be at least 1, got {n}")
         if n > len(pairs):
             raise ValueError(
                 f"asked for n={n} pairs but {what} has only {len(pairs)} distinct ones"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -150,18 +151,27 @@ def load_model(name: str, device: str | None, dictionaries=None) -> SplicedModel
 def load_pairs(task: str, model: SplicedModel, n: int, eval_n: int
                ) -> tuple[list[PromptPair], list[PromptPair]]:
     """Discovery and evaluation pairs (n or eval_n may be 0: none): the train and test splits of
-    a construction, or the first n and the next eval_n pairs of a JSONL file."""
+    a construction, or the first n and the next eval_n pairs of a JSONL file. Pairs of a file
+    that the model's tokenizer cannot take are dropped and counted on one line of stderr; every
+    pair is checked against the model's context (cfg.n_ctx) before anything runs."""
     if task in sva.CONSTRUCTIONS:
         train = sva.load(task, "train", n=n, tokenizer=model.tokenizer) if n else []
         test = sva.load(task, "test", n=eval_n, tokenizer=model.tokenizer) if eval_n else []
-        return train, test
-    pairs = sva.load(task, tokenizer=model.tokenizer)
-    if len(pairs) < n + eval_n:
-        raise UsageError(
-            f"{task} has {len(pairs)} usable pairs for this model; --n {n} + --eval-n {eval_n} "
-            f"need {n + eval_n}: lower them"
-        )
-    return pairs[:n], pairs[n : n + eval_n]
+    else:
+        pairs, dropped = sva.load_jsonl(task, tokenizer=model.tokenizer)
+        if len(pairs) < n + eval_n:
+            why = f" ({dropped})" if dropped else ""
+            raise UsageError(
+                f"{task} has {len(pairs)} usable pairs for this model{why}; --n {n} + --eval-n "
+                f"{eval_n} need {n + eval_n}: lower them"
+            )
+        if dropped:
+            print(f"warning: {task}: {dropped}", file=sys.stderr, flush=True)
+        train, test = pairs[:n], pairs[n : n + eval_n]
+    for pairs in (train, test):
+        if pairs:
+            model.tokenize(pairs, max_len=model.cfg.n_ctx)
+    return train, test
 
 
 def read_circuit(path: Path) -> Circuit:

@@ -63,7 +63,7 @@ def test_mismatched_lengths_error_or_drop(neox):
     aunt = PromptPair("The aunts", "The aunt", " are", " is", "plural")  # 3 vs 2 tokens
     with pytest.raises(ValueError, match=r"'The aunts'.*3 tokens.*2.*mismatched='drop'"):
         tokenize([PARENTS, aunt], neox)
-    with pytest.warns(UserWarning, match="dropped 1 of 2"):
+    with pytest.warns(UserWarning, match=r"dropped 1 of 2 pairs: 1 with clean and patch .* pair 0"):
         data = tokenize([aunt, PARENTS], neox, mismatched="drop")
     assert data.pairs == [PARENTS] and data.clean_tokens.shape == (1, 2)
     with pytest.raises(ValueError, match="none remain"):
@@ -272,7 +272,8 @@ def test_load_jsonl_path(tmp_path):
             for r in (row, row, {**row, "clean_answer": " do", "patch_answer": " does"})
         )
     )
-    pairs = sva.load(str(path))
+    with pytest.warns(UserWarning, match=r"dropped 1 of 3 pairs: 1 repeating an earlier line"):
+        pairs = sva.load(str(path))
     assert pairs == [
         PromptPair("The boys", "The boy", " are", " is", "plural"),
         PromptPair("The boys", "The boy", " do", " does", "plural"),
