@@ -146,6 +146,7 @@ class SplicedModel:
                     f"({expected!r}); pass the prompt pairs and let the model tokenize them"
                 )
             return pairs
+        kwargs.setdefault("max_len", self.cfg.n_ctx)  # a longer prompt: an error naming n_ctx
         return tokenize(pairs, self.tokenizer, prepend_bos=self.prepend_bos, **kwargs)
 
     # ---- the splice --------------------------------------------------------------------------
