@@ -114,9 +114,9 @@ def test_neuron_baseline_attributes_and_sweeps(neurons, test_set):
     d = neurons.cfg.d_model
     assert {v.shape for v in scores.sites.values()} == {torch.Size([d + 1])}
     assert all(float(scores.error(s).abs()) == 0.0 for s in scores.sites)
-    df = sweep(neurons, {"neurons (relp)": scores}, test_set, node_counts=[0, 100, 13 * (d + 1)],
+    table = sweep(neurons, {"neurons (relp)": scores}, test_set, node_counts=[0, 100, 13 * (d + 1)],
                progress=False)
-    assert df["faithfulness"].tolist() == pytest.approx([0.0, df["faithfulness"][1], 1.0],
+    assert table["faithfulness"].tolist() == pytest.approx([0.0, table["faithfulness"][1], 1.0],
                                                         abs=1e-4)
 
 
@@ -150,3 +150,26 @@ def test_a_ratio_from_a_small_gap_is_warned_of():
 def test_faithfulness_carries_its_warning(organism, test_set, relp):
     result = faithfulness(organism, select_nodes(relp, top_k=40), test_set)
     assert result.warning is None and 0 < result.value < 1.5
+
+
+HALF = ["embed", "attn_0", "resid_1", "mlp_2", "attn_3", "resid_3"]  # half the organism's sites
+
+
+@pytest.mark.parametrize("dictionaries", [None, "neurons"])
+def test_a_subset_of_sites_full_is_faithful_empty_is_not(dictionaries, test_set):
+    """Dictionaries (or the neuron baseline) at half the sites: m(∅) ablates those sites only,
+    the others compute; faithfulness(full) = 1, (∅) = 0, and a small relp circuit with its
+    edges across the unspliced blocks is faithful."""
+    from circuits import build
+
+    model = load("organism", device="cpu", sites=HALF, dictionaries=dictionaries)
+    assert set(model.dictionaries) == set(HALF)
+    train = sva.load("across_pp", n=32)
+    scores = attribute(model, train, "relp", progress=False)
+    assert set(scores.sites) == set(HALF)
+    full, empty = all_nodes(scores, True), all_nodes(scores, False)
+    assert faithfulness(model, full, test_set).value == pytest.approx(1.0, abs=1e-4)
+    assert faithfulness(model, empty, test_set).value == pytest.approx(0.0, abs=1e-6)
+    circuit = build(scores, top_k=80, model=model, data=train)
+    assert circuit.n_edges > 0 and {"resid_1", "resid_3"} <= set(circuit.meta.sites)
+    assert faithfulness(model, circuit, test_set).value > 0.5
