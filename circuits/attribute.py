@@ -22,7 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuits.context import AttributionContext
-from circuits.methods import RuledOptions
+from circuits.methods import METHODS, RuledOptions
 from circuits.methods import method as method_record
 from circuits.scores import Scores
 from circuits.select import check_selection
@@ -60,6 +60,11 @@ def attribute(
     """
     spec = method_record(method)
     check_choice("aggregation", aggregation, AGGREGATIONS)
+    z_sites = [s.name for s in model.node_sites if s.kind == "attn_z"]
+    if z_sites and not spec.attn_z:
+        raise ValueError(f"method {method!r} cannot score nodes inside attention (sites "
+                         f"{z_sites}, hook_z) yet; use one of "
+                         f"{', '.join(m for m, r in METHODS.items() if r.attn_z)}")
     for name, value in (("batch_size", batch_size), ("steps", steps), ("exact_batch", exact_batch)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")

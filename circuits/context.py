@@ -128,7 +128,8 @@ class AttributionContext:
         cached = self._deltas.get(site.name)
         if cached is None or (with_active and cached.active is None):
             name = site.hook_name
-            cached = site_delta(self.model, site, self.activation(name), self.patch[name],
-                                self.valid, with_active=with_active)
+            cached = site_delta(self.model, site, site.vectors(self.activation(name)),
+                                site.vectors(self.patch[name]), self.valid,
+                                with_active=with_active)
             self._deltas[site.name] = cached
         return cached

@@ -171,7 +171,7 @@ def site_graph(model: SplicedModel) -> SiteGraph:
     names = {s.name for s in sites}
     ups = {s.name: spliced_upstream(model.cfg, s, names) for s in sites}
     last = metric_readers(model.cfg, names)
-    return SiteGraph(sites, ups, last, complete=len(names) == len(model.sites))
+    return SiteGraph(sites, ups, last, complete=names == {s.name for s in model.sites})
 
 
 # ---- the computation -------------------------------------------------------------------------
@@ -354,16 +354,19 @@ class _CutForward:
         """∂(Σ metric)/∂ the site's leaf: the metric's gradient with the other node sites cut."""
         (g,) = torch.autograd.grad(self.value.sum(), self.leaves[site.name], retain_graph=True,
                                    allow_unused=True)
-        return torch.zeros_like(self.leaves[site.name]) if g is None else g
+        return site.vectors(torch.zeros_like(self.leaves[site.name]) if g is None else g)
 
     def vjp(self, down: Site, v: Tensor, ups: list[Site]) -> dict[str, Tensor]:
         """v [N, b, pos, d] at the arriving activation of ``down`` -> [N, b, pos, d] at each
         upstream site's leaf."""
         leaves = [self.leaves[u.name] for u in ups]
-        grads = torch.autograd.grad(self.arriving[down.name], leaves, grad_outputs=v,
+        arriving = self.arriving[down.name]  # hook_z: [b, pos, h, d_head]; v is flat
+        grads = torch.autograd.grad(arriving, leaves,
+                                    grad_outputs=v.reshape(len(v), *arriving.shape),
                                     retain_graph=True, is_grads_batched=True, allow_unused=True)
-        return {u.name: torch.zeros_like(v) if g is None else g
-                for u, g in zip(ups, grads, strict=True)}
+        return {u.name: u.vectors(torch.zeros(len(v), *leaf.shape, dtype=v.dtype,
+                                              device=v.device) if g is None else g)
+                for u, leaf, g in zip(ups, leaves, grads, strict=True)}
 
 
 def _site_states(
@@ -389,9 +392,9 @@ def _site_states(
         grads = dict(zip(ctx.site_hooks, ctx.gradients(ctx.site_hooks), strict=True))
     states = {}
     for site in ctx.sites:
-        x = ctx.activation(site.hook_name)
+        x = site.vectors(ctx.activation(site.hook_name))  # hook_z: heads flattened
         grad = grads.get(site.hook_name)
-        grad = torch.zeros_like(x) if grad is None else grad.detach()
+        grad = torch.zeros_like(x) if grad is None else site.vectors(grad.detach())
         states[site.name] = _SiteState(x, ctx.delta(site, with_active=True), grad)
     return states
 

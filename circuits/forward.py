@@ -77,7 +77,8 @@ class Entry:
     A change Δ of the embed site, of resid_L, of mlp_L, or of attn_L in a parallel block is the
     same change of the residual stream entering block ``start`` (nothing else in block L reads
     them), so a patched forward runs from ``start`` on ``residual + Δ``. Only attn_L of a
-    sequential block (read by mlp_L) must run block L with a hook at the site (``hook``).
+    sequential block (read by mlp_L) and attn_z_L (inside attention, before W_O) must run block
+    L with a hook at the site (``hook``).
     """
 
     start: int  # first block to run (n_layers: only the final norm and unembedding)
@@ -89,7 +90,7 @@ def entry(model: SplicedModel, site: Site) -> Entry:
     cfg = model.cfg
     if site.kind == "embed":
         return Entry(0, site.hook_name, None)
-    if site.kind == "attn" and not cfg.parallel_attn_mlp:
+    if site.kind == "attn_z" or (site.kind == "attn" and not cfg.parallel_attn_mlp):
         return Entry(site.layer, resid_pre(site.layer), site.hook_name)
     return Entry(site.layer + 1, resid_post(site.layer), None)
 

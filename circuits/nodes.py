@@ -134,7 +134,7 @@ def linear_scores(model: SplicedModel, delta: SiteDelta, grad: Tensor | None) ->
     out = delta.d_error.new_zeros(b, pos, delta.n_nodes)
     if grad is None:
         return out
-    grad = grad.detach()
+    grad = grad.detach().reshape(delta.d_error.shape)  # hook_z's heads flattened
     out[..., -1] = (delta.d_error * grad).sum(-1)  # error node, or the bare component
     if len(delta.d_features) == 0:  # a bare site, or no feature moved
         return out

@@ -3,15 +3,21 @@
 Names follow Sparse Feature Circuits: ``embed``, ``attn_L``, ``mlp_L``, ``resid_L``. Each maps to
 one transformer_lens hook point. The graph between sites is read from the model config
 (``parallel_attn_mlp``), never from a hard-coded list.
+
+One more kind is not among SFC's four: ``attn_z_L``, the heads' outputs concatenated before W_O
+(``blocks.L.attn.hook_z``, [b, pos, heads, d_head], seen as [b, pos, heads·d_head]), where
+attention dictionaries such as Gemma Scope 2's read. It sits between resid_{L-1} and attn_L, and
+is a site of the model only where a dictionary is spliced (``all_sites`` lists SFC's four kinds).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import Tensor
 from transformer_lens import HookedTransformerConfig
 
-KINDS = ("embed", "attn", "mlp", "resid")
+KINDS = ("embed", "attn_z", "attn", "mlp", "resid")
 
 
 @dataclass(frozen=True, order=True)
@@ -28,7 +34,18 @@ class Site:
         """The transformer_lens hook point whose activation this site's dictionary reads."""
         if self.kind == "embed":
             return resid_pre(0)
+        if self.kind == "attn_z":
+            return attn_point(self.layer, "z")
         return {"attn": attn_out, "mlp": mlp_out, "resid": resid_post}[self.kind](self.layer)
+
+    def width(self, cfg: HookedTransformerConfig) -> int:
+        """Width of the site's activation as its dictionary sees it (d_in)."""
+        return cfg.n_heads * cfg.d_head if self.kind == "attn_z" else cfg.d_model
+
+    def vectors(self, x: Tensor) -> Tensor:
+        """The site's activation as [..., pos, width]: hook_z's [..., pos, heads, d_head]
+        flattened (a view); other sites' activations unchanged."""
+        return x.flatten(-2) if self.kind == "attn_z" else x
 
 
 # ---- transformer_lens hook point names (spelled here only) ------------------------------------
@@ -73,32 +90,34 @@ def mlp_point(layer: int, point: str) -> str:
     return f"blocks.{layer}.mlp.hook_{point}"
 
 
-def all_sites(cfg: HookedTransformerConfig) -> list[Site]:
-    """Every site of the model in forward order: embed, then attn_L, mlp_L, resid_L per layer."""
+def all_sites(cfg: HookedTransformerConfig, *, with_z: bool = False) -> list[Site]:
+    """Every site of the model in forward order: embed, then attn_L, mlp_L, resid_L per layer
+    (with_z: attn_z_L before each attn_L too)."""
+    kinds = ("attn_z", "attn", "mlp", "resid")
     sites = [Site(0, "embed", "embed", -1)]
     for layer in range(cfg.n_layers):
-        for kind in ("attn", "mlp", "resid"):
-            sites.append(Site(len(sites), f"{kind}_{layer}", kind, layer))
-    return sites
+        for i, kind in enumerate(kinds):
+            sites.append(Site(1 + len(kinds) * layer + i, f"{kind}_{layer}", kind, layer))
+    return sites if with_z else [s for s in sites if s.kind != "attn_z"]
 
 
 def site_by_name(cfg: HookedTransformerConfig, name: str) -> Site:
-    sites = {s.name: s for s in all_sites(cfg)}
+    sites = {s.name: s for s in all_sites(cfg, with_z=True)}
     if name not in sites:
         raise ValueError(
             f"unknown site {name!r}; this model's sites are embed, attn_L, mlp_L, resid_L "
-            f"for L in 0..{cfg.n_layers - 1}"
+            f"and attn_z_L (hook_z) for L in 0..{cfg.n_layers - 1}"
         )
     return sites[name]
 
 
 def site_by_hook_name(cfg: HookedTransformerConfig, hook_name: str) -> Site:
-    for site in all_sites(cfg):
+    for site in all_sites(cfg, with_z=True):
         if site.hook_name == hook_name:
             return site
     raise ValueError(
         f"hook point {hook_name!r} is not a site; sites are blocks.0.hook_resid_pre and "
-        "blocks.L.hook_attn_out / hook_mlp_out / hook_resid_post"
+        "blocks.L.hook_attn_out / hook_mlp_out / hook_resid_post / attn.hook_z"
     )
 
 
@@ -111,11 +130,13 @@ def upstream(cfg: HookedTransformerConfig, site: Site) -> list[Site]:
     """
     if site.kind == "embed":
         return []
-    by_name = {s.name: s for s in all_sites(cfg)}
+    by_name = {s.name: s for s in all_sites(cfg, with_z=True)}
     prev = by_name["embed"] if site.layer == 0 else by_name[f"resid_{site.layer - 1}"]
     attn, mlp = by_name[f"attn_{site.layer}"], by_name[f"mlp_{site.layer}"]
-    if site.kind == "attn":
+    if site.kind == "attn_z":
         return [prev]
+    if site.kind == "attn":  # through attn_z_L, a site only where spliced (else passed through)
+        return [by_name[f"attn_z_{site.layer}"]]
     if site.kind == "mlp":
         return [prev] if cfg.parallel_attn_mlp else [prev, attn]
     return [prev, attn, mlp]

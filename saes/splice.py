@@ -73,10 +73,10 @@ class SplicedModel:
         self.dictionaries: dict[str, Dictionary] = {}
         for site_name, dictionary in dictionaries.items():
             site = site_by_name(model.cfg, site_name)
-            if dictionary.d_in != model.cfg.d_model:
+            if dictionary.d_in != site.width(model.cfg):
                 raise ValueError(
                     f"dictionary for site {site.name} has d_in={dictionary.d_in} but the site "
-                    f"has width {model.cfg.d_model}; load dictionaries trained for {name}"
+                    f"has width {site.width(model.cfg)}; load dictionaries trained for {name}"
                 )
             # a JumpReLU threshold may be ±inf (never / always on); nothing may be NaN
             bad = [n for n, t in dictionary.named_parameters()
@@ -111,7 +111,8 @@ class SplicedModel:
 
     @property
     def spliced_sites(self) -> list[Site]:
-        return [s for s in self.sites if s.name in self.dictionaries]
+        """The sites with a dictionary, in forward order (attn_z sites among them)."""
+        return [s for s in all_sites(self.cfg, with_z=True) if s.name in self.dictionaries]
 
     @property
     def components_only(self) -> bool:
@@ -153,7 +154,8 @@ class SplicedModel:
     def _splice_hook(self, site: Site, edit: Edit | None, record: dict[str, SiteNodes] | None):
         dictionary = self.dictionaries[site.name]
 
-        def hook(x: Tensor, hook) -> Tensor:
+        def hook(activation: Tensor, hook) -> Tensor:
+            x = site.vectors(activation)  # hook_z: heads concatenated, [b, pos, h·d_head]
             f = dictionary.encode(x)
             err = x - dictionary.decode(f)
             # copies: f', err' are their own graph nodes (see the module docstring)
@@ -162,7 +164,7 @@ class SplicedModel:
                 f_node, err_node = edit(site, f_node, err_node)
             if record is not None:
                 record[site.name] = SiteNodes(f_node, err_node)
-            return dictionary.decode(f_node) + err_node
+            return (dictionary.decode(f_node) + err_node).reshape(activation.shape)
 
         return hook
 

@@ -29,18 +29,19 @@ METHODS: dict[str, Method] = {
         Method("atp", atp.score_batch, "2 forward + 1 backward", edges="atp"),
         Method("atp*", atp_star.score_batch,
                "2 forward + n_layers backward + a QK-fix softmax per moved node and layer",
-               edges="atp", signed=False),
+               edges="atp", signed=False, attn_z=False),
         Method("ig", ig.score_batch, "2 forward + steps × sites × (forward + backward)",
                edges="ig", options=IGOptions),
         Method("relp", relp.score_batch, "2 forward + 1 backward (LRP rules)", edges="relp",
                options=RuledOptions, resolve_rules=rules_for),
         Method("relp*", relp_star.score_batch,
                "2 forward + 1 backward (LRP rules, AH) + a QK-fix softmax per moved node and "
-               "layer", edges="relp", options=RuledOptions, resolve_rules=rules_for),
+               "layer", edges="relp", options=RuledOptions, resolve_rules=rules_for,
+               attn_z=False),
         Method("column", column.score_batch,
                "2 forward + 1 backward + one single-position forward per moved node from its "
                "block up", edges="relp", options=RuledOptions,
-               resolve_rules=column.column_rules),
+               resolve_rules=column.column_rules, attn_z=False),
     )
 }
 

@@ -86,6 +86,9 @@ class Method:
     options: type[Options] = Options  # the options it takes
     signed: bool = True  # False: the method scores magnitudes (|effect|) only
     resolve_rules: RuleResolver | None = None  # the rules it applies (None: takes no rules)
+    # False: it recomputes attention from the residual stream and cannot yet take a node inside
+    # attention (an attn_z site, hook_z before W_O)
+    attn_z: bool = True
 
     @property
     def takes_rules(self) -> bool:

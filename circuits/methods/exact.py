@@ -60,7 +60,7 @@ def _patched_metric(
 
     def add(x: Tensor, hook=None) -> Tensor:
         x = x.clone()
-        x[arange, pos] += vectors
+        x[arange, pos] += vectors.reshape(len(pos), *x.shape[2:])  # hook_z: per head
         return x
 
     if enter.hook is None:

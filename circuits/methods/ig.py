@@ -43,7 +43,7 @@ def site_gradient(
     """Mean gradient of the metric at one site over the interpolation path, [b, seq, d]."""
     b = x_clean.shape[0]
     alphas = midpoints(steps, x_clean.device).to(x_clean.dtype)  # [steps]
-    step = alphas[:, None, None, None] * (x_patch - x_clean)[None]  # [steps, b, seq, d]
+    step = alphas.view(-1, *[1] * x_clean.dim()) * (x_patch - x_clean)[None]  # [steps, b, ...]
     targets = targets.repeat(steps)
     if enter.hook is None:  # the site's change is a change of the residual stream entering
         path = (resid[None] + step).flatten(0, 1).requires_grad_(True)  # [steps * b, seq, d]

@@ -32,7 +32,7 @@ def everything(model: SplicedModel, seq: int | None = None) -> dict[str, torch.T
 
 
 # ---- a model in which every site is linear in its upstream sites ------------------------------
-def linear_model(tokenizer, parallel: bool = True) -> SplicedModel:
+def linear_model(tokenizer, parallel: bool = True, with_z: bool = False) -> SplicedModel:
     """No norms, attention with constant (uniform causal) patterns, ReLU MLPs whose
     pre-activations are always positive, and linear dictionaries (JumpReLU at -inf): every
     feature and error node is affine in the upstream sites, and the metric in the last site."""
@@ -50,7 +50,7 @@ def linear_model(tokenizer, parallel: bool = True) -> SplicedModel:
             block.mlp.b_in.fill_(100.0)
     gen = torch.Generator().manual_seed(3)
     dicts = {}
-    for site in all_sites(cfg):
+    for site in all_sites(cfg, with_z=with_z):  # hook_z: 2 heads × 8 = 16 wide too
         d_sae = 24  # more features than dimensions, and random: a non-zero error node
         dicts[site.name] = Dictionary(
             torch.randn(16, d_sae, generator=gen) * 0.3, torch.randn(d_sae, generator=gen),
@@ -358,13 +358,14 @@ def test_the_site_graph_of_a_subset_spans_the_unspliced_sites(neox_tokenizer):
 
 
 @pytest.mark.parametrize("method", ["atp", "relp", "ig"])
-@pytest.mark.parametrize("names", [["embed", "mlp_0", "resid_1"], ["embed", "attn_1"]])
+@pytest.mark.parametrize("names", [["embed", "mlp_0", "resid_1"], ["embed", "attn_1"],
+                                   ["embed", "attn_z_0", "attn_0", "attn_z_1", "resid_1"]])
 def test_incoming_edges_sum_to_the_node_score_across_unspliced_blocks(neox_tokenizer, method,
                                                                        names):
     """With only some sites spliced, an edge spans the unspliced blocks between its sites; on a
     model linear between sites a node's incoming edges still sum to its score, and the metric
     edges of the sites the metric reads sum to the change of the metric (embed is a cut)."""
-    model = subset(linear_model(neox_tokenizer), names)
+    model = subset(linear_model(neox_tokenizer, with_z=True), names)
     data = model.tokenize(sva.generate("simple", 4, seed=0, tokenizer=model.tokenizer))
     steps = 3 if method == "ig" else None
     scores = attribute(model, data, method, progress=False, steps=steps)
@@ -443,3 +444,28 @@ def test_organism_subset_edges_agree_with_two_node_patching():
                  - two_node_effect_of_a_subset(model, data, up, u, down, d, -alpha)) / (2 * alpha)
         assert abs(exact) > 1e-4
         assert abs(w - exact) <= 0.02 * abs(exact) + 1e-4, (up, u, down, d, w, exact)
+
+
+def test_attention_dictionaries_on_hook_z_score_like_exact_patching(neox_tokenizer):
+    """attn_z nodes (hook_z, before W_O; error node in z space): on the linear model atp is
+    exact patching and ig equals atp; ablation keeps full = 1, empty = 0; the methods that
+    recompute attention from the residual stream refuse them."""
+    from circuits.select import full_selection
+    from evaluation import faithfulness
+
+    names = ["embed", "attn_z_0", "attn_z_1", "resid_1"]
+    model = subset(linear_model(neox_tokenizer, with_z=True), names)
+    data = model.tokenize(sva.generate("simple", 6, seed=1, tokenizer=model.tokenizer))
+    exact = attribute(model, data, "exact", aggregation="none", progress=False)
+    for method in ("atp", "ig"):
+        got = attribute(model, data, method, aggregation="none", progress=False,
+                        steps=4 if method == "ig" else None)
+        for site in ("attn_z_0", "attn_z_1"):
+            assert exact.sites[site].abs().max() > 1e-2
+            torch.testing.assert_close(got.sites[site], exact.sites[site], atol=1e-4, rtol=1e-3)
+    assert exact.error("attn_z_1").abs().max() > 0  # the error node, in z space, moves
+    assert faithfulness(model, full_selection(model), data).value == pytest.approx(1, abs=1e-4)
+    assert faithfulness(model, full_selection(model, False), data).value == pytest.approx(0)
+    for method in ("atp*", "relp*", "column"):
+        with pytest.raises(ValueError, match=r"cannot score nodes inside attention"):
+            attribute(model, data, method, progress=False)

@@ -135,3 +135,27 @@ def test_identity_dictionary_has_zero_error(tiny: SplicedModel):
     logits = neurons.logits(TOKENS, record=record)
     torch.testing.assert_close(logits, tiny.logits(TOKENS, spliced=False), atol=1e-5, rtol=0)
     assert all(n.error.abs().max() == 0 for n in record.values())
+
+
+def test_hook_z_dictionaries_splice_exactly(tiny: SplicedModel):
+    """Dictionaries on attn.hook_z (heads concatenated, before W_O): spliced == plain, and the
+    splice sees [b, pos, heads·d_head]."""
+    from saes.offline_cache import random_dictionary
+
+    gen = torch.Generator().manual_seed(0)
+    _, cache = tiny.transformer.run_with_cache(TOKENS)
+    dicts = {}
+    for layer in range(tiny.cfg.n_layers):
+        z = cache[f"blocks.{layer}.attn.hook_z"].flatten(-2).reshape(-1, 32)
+        w = random_dictionary(z, 48, target_l0=6, gen=gen)
+        dicts[f"attn_z_{layer}"] = Dictionary(w["W_enc"], w["b_enc"], w["W_dec"], w["b_dec"])
+    model = SplicedModel(tiny.transformer, dicts, name="tiny-z", family="neox", prepend_bos=False)
+    assert [s.name for s in model.node_sites] == ["attn_z_0", "attn_z_1"]
+    record: dict[str, SiteNodes] = {}
+    with torch.no_grad():
+        spliced = model.logits(TOKENS, record=record)
+        plain = model.logits(TOKENS, spliced=False)
+    torch.testing.assert_close(spliced, plain, atol=1e-5, rtol=1e-5)
+    assert record["attn_z_1"].features.shape[-1] == 48
+    assert record["attn_z_1"].error.shape == (*TOKENS.shape, 32)
+    assert record["attn_z_1"].features.ne(0).any()
