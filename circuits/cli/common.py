@@ -40,6 +40,12 @@ def check_model(name: str | None) -> None:
         raise UsageError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
 
 
+def task_files(task: str) -> list[Path]:
+    """The input files a task names (a JSONL path; none for a construction), which a run
+    directory must not hold (`run_dir`'s inputs)."""
+    return [] if task in sva.CONSTRUCTIONS else [Path(task)]
+
+
 def check_methods(methods: list[str], allowed: tuple[str, ...] | list[str]) -> None:
     unknown = [m for m in methods if m not in allowed]
     if unknown or not methods:

@@ -17,6 +17,7 @@ from circuits.cli.common import (
     load_pairs,
     method_kwargs,
     split_list,
+    task_files,
 )
 from circuits.cli.rundir import run_dir
 from circuits.methods import METHODS
@@ -40,7 +41,8 @@ def run(args: argparse.Namespace) -> None:
     check_task(args.task)
     methods = split_list(args.methods)
     check_methods(methods, [m for m in METHODS if m != "exact"])
-    with run_dir(args.out, f"compare-{args.task}", args) as target:
+    with run_dir(args.out, f"compare-{args.task}", args,
+                 inputs=task_files(args.task)) as target:
         # a model without dictionaries (gemma-3-270m by default, or --bare) compares components
         model = load_model(args.model, args.device, False if args.bare else None)
         components_only = model.components_only

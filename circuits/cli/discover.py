@@ -24,6 +24,7 @@ from circuits.cli.common import (
     load_model,
     load_pairs,
     method_kwargs,
+    task_files,
 )
 from circuits.cli.rundir import run_dir
 from circuits.methods import EDGE_METHODS, METHODS
@@ -83,7 +84,8 @@ def check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> None:
     check(args)
-    with run_dir(args.out, f"{args.task}-{args.method}", args) as target:
+    with run_dir(args.out, f"{args.task}-{args.method}", args,
+                 inputs=task_files(args.task)) as target:
         model = load_model(args.model, args.device)
         train, test = load_pairs(args.task, model, args.n, args.eval_n)
         started = time.perf_counter()

@@ -14,6 +14,7 @@ from circuits.cli.common import (
     load_model,
     load_pairs,
     read_circuit,
+    task_files,
 )
 from circuits.cli.rundir import run_dir
 from evaluation import completeness, faithfulness, node_means
@@ -38,7 +39,8 @@ def run(args: argparse.Namespace) -> None:
     if model_name not in MODELS:
         raise UsageError(f"the circuit's model {model_name!r} is not one of {MODELS}; "
                          "pass --model")
-    with run_dir(args.out, f"evaluate-{args.task}", args) as target:
+    with run_dir(args.out, f"evaluate-{args.task}", args,
+                 inputs=[args.circuit, *task_files(args.task)]) as target:
         model = load_model(model_name, args.device, "neurons" if neurons else None)
         _, test = load_pairs(args.task, model, 0, args.eval_n)
         means = node_means(model, test)

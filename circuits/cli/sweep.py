@@ -22,6 +22,7 @@ from circuits.cli.common import (
     parse_numbers,
     positive,
     split_list,
+    task_files,
 )
 from circuits.cli.rundir import run_dir
 from circuits.edges import EdgeScores
@@ -64,7 +65,8 @@ def run(args: argparse.Namespace) -> None:
     counts = parse_numbers("--node-counts", args.node_counts, int) if args.node_counts else None
     if thresholds and counts:
         raise UsageError("give --thresholds or --node-counts, not both")
-    with run_dir(args.out, f"sweep-{args.task}", args) as target:
+    with run_dir(args.out, f"sweep-{args.task}", args,
+                 inputs=task_files(args.task)) as target:
         model = load_model(args.model, args.device)
         train, test = load_pairs(args.task, model, args.n, args.eval_n)
         all_scores, all_edges = {}, {}
