@@ -9,6 +9,7 @@ import time
 from circuits.attribute import attribute
 from circuits.cli.common import (
     add_common,
+    check_device,
     check_methods,
     check_model,
     check_task,
@@ -38,6 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     check_model(args.model)
+    check_device(args.device)
     check_task(args.task)
     methods = split_list(args.methods)
     check_methods(methods, [m for m in METHODS if m != "exact"])

@@ -15,6 +15,7 @@ from circuits.cli.common import (
     OPTION_FLAGS,
     UsageError,
     add_common,
+    check_device,
     check_methods,
     check_model,
     check_task,
@@ -24,6 +25,7 @@ from circuits.cli.common import (
     load_model,
     load_pairs,
     method_kwargs,
+    positive,
     task_files,
 )
 from circuits.cli.rundir import run_dir
@@ -45,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"edge attribution ({', '.join(EDGE_METHODS)}); default: the library's "
                         f"edge method of the node method ({_edge_defaults()})")
     d.add_argument("--no-edges", action="store_true", help="nodes only")
-    d.add_argument("--top", type=int, default=15, help="nodes to list (15)")
+    d.add_argument("--top", type=positive, default=15, help="nodes to list (15)")
     d.set_defaults(func=run)
 
 
@@ -59,6 +61,7 @@ def _edge_defaults() -> str:
 
 def check(args: argparse.Namespace) -> None:
     check_model(args.model)
+    check_device(args.device)
     check_task(args.task)
     check_methods([args.method], list(METHODS))
     check_threshold("--node-threshold", args.node_threshold)

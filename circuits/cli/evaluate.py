@@ -9,10 +9,12 @@ from pathlib import Path
 from circuits.cli.common import (
     UsageError,
     add_common,
+    check_device,
     check_task,
     finite,
     load_model,
     load_pairs,
+    non_negative,
     read_circuit,
     task_files,
 )
@@ -26,12 +28,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("circuit", type=Path, help="circuit.json written by discover")
     add_common(e, n=None)
     e.set_defaults(model=None)
-    e.add_argument("--intact-layers", type=int, default=0,
+    e.add_argument("--intact-layers", type=non_negative, default=0,
                    help="never ablate sites of layers below this (embed is layer 0)")
     e.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
+    check_device(args.device)
     check_task(args.task)
     circuit = read_circuit(args.circuit)
     # a neuron-baseline circuit names its model "<model>+neurons" (identity dictionaries)

@@ -12,6 +12,7 @@ from circuits.circuit import circuit_edges
 from circuits.cli.common import (
     UsageError,
     add_common,
+    check_device,
     check_methods,
     check_model,
     check_task,
@@ -30,7 +31,6 @@ from circuits.methods import METHODS
 from circuits.scores import Scores
 from circuits.select import select_nodes
 from evaluation import plot_sweep, sweep
-from saes.loader import load
 from saes.splice import SplicedModel
 from tasks.pairs import PromptPair
 
@@ -58,6 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     check_model(args.model)
+    check_device(args.device)
     check_task(args.task)
     methods = split_list(args.methods)
     check_methods(methods, list(METHODS) + ["neurons"])
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> None:
         table = sweep(model, all_scores, test, thresholds=thresholds, node_counts=counts,
                       edges=all_edges, progress=not args.quiet)
         if "neurons" in methods:  # the neuron baseline: identity dictionaries, scored with relp
-            neurons = load(args.model, device=args.device, dictionaries="neurons")
+            neurons = load_model(args.model, args.device, "neurons", quiet=True)
             scores = attribute(neurons, train, "relp", **method_kwargs("relp", args))
             scores.save(target.work / "scores-neurons.safetensors")
             edges = {"neurons": _edges(neurons, train, scores, args)} if args.edges else {}
