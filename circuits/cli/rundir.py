@@ -6,8 +6,8 @@
   files its run.json lists; anything else (a user's NOTES.md, a folder that is no run) is
   refused before the run starts, naming the foreign files. So is an --out that holds one of the
   run's inputs (the circuit.json evaluate reads, a JSONL task file).
-- A lock ``.NAME.lock`` beside --out (flock: the kernel drops it when its process dies, so a
-  killed run never blocks the next) makes a second run into the same --out refuse.
+- A lock ``.NAME.lock`` beside --out (flock, POSIX: the kernel drops it when its process dies,
+  so a killed run never blocks the next) makes a second run into the same --out refuse.
 - The replacement is atomic where the system allows: Linux ``renameat2(RENAME_EXCHANGE)`` swaps
   the new and the old directory in one step, so --out is never missing. Elsewhere, or on a
   filesystem without it, two renames with the old run parked as ``.NAME.old-PID`` in between;
@@ -249,8 +249,11 @@ def replace(work: Path, path: Path, shown: Path) -> Path | None:
 def remove_run(run: Path) -> list[str]:
     """Delete what the run at ``run`` wrote (its run.json's list, then run.json and the folders
     left empty); returns what is left, the files no run wrote."""
+    real = Path(os.path.realpath(run))
     for name in [*(_listed(run) or []), RUN_MARKER]:
         target = run / name
+        if Path(os.path.realpath(target.parent)) != real / Path(name).parent:
+            continue  # reached through a link to a folder elsewhere: not the run's own
         if target.is_symlink() or target.is_file():
             target.unlink()
     for folder in sorted((p for p in run.rglob("*") if p.is_dir() and not p.is_symlink()),

@@ -167,6 +167,20 @@ def test_a_run_json_without_its_list_is_refused(tmp_path):
         assert (tmp_path / "victim.txt").read_text() == "mine"
 
 
+def test_a_listed_file_behind_a_link_to_elsewhere_is_not_deleted(tmp_path):
+    """A run.json naming link/x, where link is a link to a folder outside the run, deletes
+    nothing there."""
+    out, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "x").write_text("mine")
+    make_run(out)
+    (out / "link").symlink_to(elsewhere)
+    meta = json.loads((out / RUN_MARKER).read_text())
+    (out / RUN_MARKER).write_text(json.dumps({**meta, "files": ["a.txt", "link/x"]}))
+    assert rundir.remove_run(out) == ["link"]
+    assert (elsewhere / "x").read_text() == "mine"
+
+
 def test_an_empty_directory_or_a_new_path_is_written(tmp_path):
     (tmp_path / "empty").mkdir()
     make_run(tmp_path / "empty")
