@@ -96,21 +96,30 @@ class Circuit:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Circuit:
-        """From ``to_json``'s dict, or one of an older format (nodes with "kind", not "role")."""
+        """From ``to_json``'s dict, or one of an older format (nodes with "kind", not "role").
+
+        Any other structure is a ValueError naming what is wrong, found before anything is
+        built: the meta (`CircuitMeta.from_json`, site shapes included, so a huge one allocates
+        nothing), then each node (its site, index, position and role must agree with the site
+        shapes: an index out of range, e.g. a negative one, never picks another node) and each
+        edge (between nodes of the file).
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"it holds a JSON {type(data).__name__}, not a circuit object")
         version = data.get("format")
         if version != FORMAT and version not in OLD_FORMATS:
-            raise ValueError(f"not a circuit file of format {FORMAT!r} (got {version!r}); "
-                             "write it with Circuit.save")
+            raise ValueError(f"its format is {version!r}, not {FORMAT!r} or an older one "
+                             f"this version reads ({', '.join(OLD_FORMATS)})")
+        missing = [key for key in ("meta", "nodes", "edges") if key not in data]
+        if missing:
+            raise ValueError(f"the circuit lacks the key(s) {missing}")
+        meta = CircuitMeta.from_json(data["meta"])
         graph: nx.DiGraph = nx.DiGraph()
-        for node in data["nodes"]:
-            attrs = dict(node)
-            if version in OLD_FORMATS:
-                attrs = {"role" if k == "kind" else k: v for k, v in attrs.items()}
-            graph.add_node(attrs.pop("id"), **attrs)
-        for edge in data["edges"]:
-            attrs = dict(edge)
-            graph.add_edge(attrs.pop("source"), attrs.pop("target"), **attrs)
-        return cls(graph, CircuitMeta.from_json(data["meta"]))
+        for node_id, attrs in _read_nodes(data["nodes"], meta, old=version in OLD_FORMATS):
+            graph.add_node(node_id, **attrs)
+        for source, target, attrs in _read_edges(data["edges"], graph):
+            graph.add_edge(source, target, **attrs)
+        return cls(graph, meta)
 
     def save(self, path: str | Path) -> Path:
         """Write the circuit as JSON (floats written exactly: the round trip is lossless)."""
@@ -121,10 +130,20 @@ class Circuit:
 
     @classmethod
     def load(cls, path: str | Path) -> Circuit:
+        """Read circuit.json; a file that is no circuit (not JSON, or of another structure:
+        `from_json`) is a ValueError naming the file and its problem."""
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"no circuit file at {path}; write one with Circuit.save")
-        return cls.from_json(json.loads(path.read_text()))
+        if path.is_dir():
+            hint = (f"; pass {path / 'circuit.json'}" if (path / "circuit.json").is_file()
+                    else "; pass a circuit.json")
+            raise ValueError(f"{path} is a directory, not a circuit file{hint}")
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except ValueError as err:  # json's errors, UnicodeDecodeError and from_json's
+            raise ValueError(f"{path} is not a circuit file: {err}; pass one written by "
+                             "Circuit.save or `circuits discover`") from err
 
     # ---- drawing (circuits/render.py) --------------------------------------------------------
     def to_dot(self) -> str:
@@ -323,6 +342,93 @@ def _tokens(tokens, model, data, seq: int | None) -> list[str] | None:
         raise ValueError(f"tokens has {len(tokens)} labels for {seq} positions; pass one token "
                          "string per position")
     return None if tokens is None else [str(t) for t in tokens]
+
+
+NODE_KEYS = ("site", "role", "index", "feature", "position", "effect")  # what render reads
+
+
+def _read_nodes(nodes: object, meta: CircuitMeta, *, old: bool
+                ) -> list[tuple[str, dict[str, Any]]]:
+    """(id, attributes) of each node of circuit.json, checked against ``meta``."""
+    if not isinstance(nodes, list):
+        raise ValueError(f'"nodes" is a {type(nodes).__name__}, not a list')
+    read: dict[str, dict[str, Any]] = {}
+    for i, node in enumerate(nodes):
+        if not isinstance(node, dict):
+            raise ValueError(f"node {i} is a {type(node).__name__}, not an object")
+        attrs = {"role" if old and k == "kind" else k: v for k, v in node.items()}
+        node_id = attrs.pop("id", None)
+        if not isinstance(node_id, str):
+            raise ValueError(f"node {i} has no string 'id' (got {node_id!r})")
+        problem = _node_problem(node_id, attrs, meta)
+        if problem:
+            raise ValueError(f"node {i} ({node_id!r}) {problem}")
+        if node_id in read:
+            raise ValueError(f"node {i}: the id {node_id!r} is taken by an earlier node")
+        read[node_id] = attrs
+    return list(read.items())
+
+
+def _node_problem(node_id: str, attrs: dict[str, Any], meta: CircuitMeta) -> str | None:
+    """What is wrong with one node, or None: its keys, and site, index, position, role and id
+    agreeing with each other and with the site shapes."""
+    missing = [key for key in NODE_KEYS if key not in attrs]
+    if missing:
+        return f"lacks the key(s) {missing}"
+    role, site, index, pos = attrs["role"], attrs["site"], attrs["index"], attrs["position"]
+    if role == METRIC:
+        return None if node_id == METRIC else f"is a metric node; its id must be {METRIC!r}"
+    if not isinstance(site, str) or site not in meta.site_shapes:
+        return f"has site {site!r}, not one of the circuit's sites {list(meta.sites)}"
+    shape = meta.site_shapes[site]
+    if not _is_index(index, shape[-1]):
+        return f"has index {index!r}; site {site!r} has nodes 0 to {shape[-1] - 1}"
+    if meta.per_position and not _is_index(pos, shape[0]):
+        return f"has position {pos!r}; the circuit has positions 0 to {shape[0] - 1}"
+    if not meta.per_position and pos is not None:
+        return f"has position {pos!r} in a circuit summed over positions (it must be null)"
+    expected: NodeRole = ("component" if meta.components_only
+                          else "error" if index == shape[-1] - 1 else "feature")
+    if role != expected:
+        return f"has role {role!r}, but index {index} of site {site!r} is its {expected} node"
+    feature = index if role == "feature" else None
+    if attrs["feature"] != feature:
+        return f"has feature {attrs['feature']!r}; a {role} node of index {index} has {feature}"
+    effect = attrs["effect"]
+    if not isinstance(effect, int | float) or isinstance(effect, bool):
+        return f"has effect {effect!r}; it must be a number"
+    base = {"component": site, "error": f"{site}/err"}.get(role, f"{site}/{index}")
+    want = base if pos is None else f"{base}@{pos}"
+    return None if node_id == want else f"has the wrong id: its site, index and position make "\
+                                         f"it {want!r}"
+
+
+def _is_index(value: object, size: int) -> bool:
+    """An int (not a bool) in 0..size-1: a negative one would count from the end."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < size
+
+
+def _read_edges(edges: object, graph: nx.DiGraph) -> list[tuple[str, str, dict[str, Any]]]:
+    """(source, target, attributes) of each edge of circuit.json, between nodes of ``graph``."""
+    if not isinstance(edges, list):
+        raise ValueError(f'"edges" is a {type(edges).__name__}, not a list')
+    read = []
+    for i, edge in enumerate(edges):
+        if not isinstance(edge, dict):
+            raise ValueError(f"edge {i} is a {type(edge).__name__}, not an object")
+        attrs = dict(edge)
+        source, target = attrs.pop("source", None), attrs.pop("target", None)
+        for end, node in (("source", source), ("target", target)):
+            if not isinstance(node, str) or node not in graph:
+                raise ValueError(f"edge {i} has {end} {node!r}, which is not a node of the file")
+        if source == METRIC:
+            raise ValueError(f"edge {i} leaves the metric node; edges end there")
+        weight = attrs.get("weight")
+        if not isinstance(weight, int | float) or isinstance(weight, bool):
+            raise ValueError(f"edge {i} ({source} -> {target}) has weight {weight!r}; it must "
+                             "be a number")
+        read.append((source, target, attrs))
+    return read
 
 
 def _layer(site: str) -> int:

@@ -9,10 +9,12 @@
 One module per subcommand (its options and what it runs), common.py for the checks, options
 and loading they share, rundir.py for run directories. Every run writes one run directory and
 prints where. Bad input (unknown task, method or model, unwritable output, thresholds out of
-range, a corrupted circuit file) is one line on stderr and exit code 2; the run directory is
-assembled in a temporary folder and moved into place only when complete, so a failed run leaves
-nothing half-written. Defaults and fallbacks (e.g. which method computes a method's edges) come
-from the library, not from here.
+range, a corrupted circuit file, a missing GPU or hub cache) is one line on stderr and exit
+code 2, checked before the long computation where it can be; an error that is none of these is a
+bug and keeps its traceback. Run directories (rundir.py) are assembled aside, moved into place
+atomically when complete, locked against a second run, and never delete a file no run wrote.
+Defaults and fallbacks (e.g. which method computes a method's edges) come from the library, not
+from here.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import argparse
 import sys
 
 from circuits.cli import compare, discover, evaluate, render, sweep
-from circuits.cli.common import UsageError
+from circuits.cli.common import UsageError, close_progress_bars, progress_bars
 
 SUBCOMMANDS = (discover, sweep, evaluate, render, compare)  # in the order --help lists them
 
@@ -49,11 +51,18 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as stop:  # --help (0) or a malformed command line (2)
         return int(stop.code or 0)
     try:
-        args.func(args)
+        with progress_bars(not getattr(args, "quiet", False)):
+            args.func(args)
     except (UsageError, ValueError, FileNotFoundError) as err:
-        print(f"circuits {args.command}: error: {err}", file=sys.stderr)
+        close_progress_bars()
+        print(f"circuits {args.command}: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     return 0
+
+
+def one_line(message: str) -> str:
+    """A message as one line: a library's multi-line error keeps its lines, joined by '; '."""
+    return "; ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 __all__ = ["UsageError", "main", "parser"]

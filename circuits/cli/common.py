@@ -5,14 +5,21 @@ saved circuit. Bad input is a `UsageError`: one line on stderr, exit code 2."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
+from tqdm import tqdm as tqdm_std
+from tqdm.auto import tqdm
+from transformers.utils import logging as hf_logging
+
 from circuits.circuit import Circuit
 from circuits.methods import METHODS, IGOptions
+from saes.gemma import GemmaPackagesMissing
 from saes.loader import MODELS, load
 from saes.splice import SplicedModel
 from tasks import sva
@@ -39,6 +46,35 @@ def check_task(task: str) -> None:
 def check_model(name: str | None) -> None:
     if name is not None and name not in MODELS:
         raise UsageError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def check_device(device: str | None) -> None:
+    """A device that exists here (cpu, cuda[:N], mps), checked before the model loads: a typo
+    or a missing GPU is one line, not a traceback minutes into the run."""
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        parsed = None
+    if parsed is None or parsed.type not in DEVICE_TYPES:
+        raise UsageError(f"unknown --device {device!r}; use cpu, cuda, cuda:N or mps")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available here; use --device cpu")
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: there are {torch.cuda.device_count()} CUDA "
+                         f"device(s); use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {device}: MPS is not available here; use --device cpu")
+
+
+def task_files(task: str) -> list[Path]:
+    """The input files a task names (a JSONL path; none for a construction), which a run
+    directory must not hold (`run_dir`'s inputs)."""
+    return [] if task in sva.CONSTRUCTIONS else [Path(task)]
 
 
 def check_methods(methods: list[str], allowed: tuple[str, ...] | list[str]) -> None:
@@ -131,20 +167,38 @@ def add_common(p: argparse.ArgumentParser, *, n: int | None = 100, eval_n: int |
 
 def positive(text: str) -> int:
     """An argparse type: an integer >= 1."""
+    return _at_least(text, 1)
+
+
+def non_negative(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    return _at_least(text, 0)
+
+
+def _at_least(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
     return value
 
 
 # ---- loading ---------------------------------------------------------------------------------
-def load_model(name: str, device: str | None, dictionaries=None) -> SplicedModel:
-    print(f"loading {name} ...", flush=True)
-    model = load(name, device=device, dictionaries=dictionaries)
-    print(repr(model))
+def load_model(name: str, device: str | None, dictionaries=None, *, quiet: bool = False
+               ) -> SplicedModel:
+    """`saes.load`; what it raises for missing or broken files (WeightsUnavailable, a
+    FileNotFoundError; ValueError for a dictionary whose config and weights disagree) is one
+    line from `main`, the missing Gemma packages too."""
+    if not quiet:
+        print(f"loading {name} ...", flush=True)
+    try:
+        model = load(name, device=device, dictionaries=dictionaries)
+    except GemmaPackagesMissing as err:
+        raise UsageError(str(err)) from err
+    if not quiet:
+        print(repr(model))
     return model
 
 
@@ -175,14 +229,39 @@ def load_pairs(task: str, model: SplicedModel, n: int, eval_n: int
 
 
 def read_circuit(path: Path) -> Circuit:
+    """`Circuit.load` (whose ValueError names the file's problem), and an unreadable file as a
+    UsageError."""
     try:
         return Circuit.load(path)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UsageError(f"{path} is not a circuit file (invalid JSON: {err}); "
-                         "pass a circuit.json written by `circuits discover`") from err
-    except (KeyError, TypeError) as err:
-        raise UsageError(f"{path} is not a circuit file (missing {err}); "
-                         "pass a circuit.json written by `circuits discover`") from err
+    except (FileNotFoundError, ValueError):
+        raise
+    except OSError as err:
+        raise UsageError(f"cannot read the circuit file {path}: {err.strerror}") from err
+
+
+# ---- progress bars ---------------------------------------------------------------------------
+@contextmanager
+def progress_bars(shown: bool) -> Iterator[None]:
+    """With ``shown`` False (--quiet), no progress bars of ours (progress=False) nor of
+    transformers and huggingface_hub (their switch, restored afterwards). saes.loader's
+    "dictionaries" bar has no switch; it clears its line when done, and after a failure
+    `close_progress_bars` clears it."""
+    was_on = hf_logging.is_progress_bar_enabled()
+    if not shown:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
+def close_progress_bars() -> None:
+    """Close the bars a failure left open (each clears its line), so that the error line that
+    follows stands alone on stderr."""
+    bars = {bar for cls in (tqdm, tqdm_std) for bar in list(getattr(cls, "_instances", ()))}
+    for bar in bars:
+        bar.close()
 
 
 # ---- output ----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import time
 from circuits.attribute import attribute
 from circuits.cli.common import (
     add_common,
+    check_device,
     check_methods,
     check_model,
     check_task,
@@ -17,6 +18,7 @@ from circuits.cli.common import (
     load_pairs,
     method_kwargs,
     split_list,
+    task_files,
 )
 from circuits.cli.rundir import run_dir
 from circuits.methods import METHODS
@@ -37,10 +39,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     check_model(args.model)
+    check_device(args.device)
     check_task(args.task)
     methods = split_list(args.methods)
     check_methods(methods, [m for m in METHODS if m != "exact"])
-    with run_dir(args.out, f"compare-{args.task}", args) as target:
+    with run_dir(args.out, f"compare-{args.task}", args,
+                 inputs=task_files(args.task)) as target:
         # a model without dictionaries (gemma-3-270m by default, or --bare) compares components
         model = load_model(args.model, args.device, False if args.bare else None)
         components_only = model.components_only

@@ -15,6 +15,7 @@ from circuits.cli.common import (
     OPTION_FLAGS,
     UsageError,
     add_common,
+    check_device,
     check_methods,
     check_model,
     check_task,
@@ -24,6 +25,8 @@ from circuits.cli.common import (
     load_model,
     load_pairs,
     method_kwargs,
+    positive,
+    task_files,
 )
 from circuits.cli.notes import recorded_warnings
 from circuits.cli.rundir import run_dir
@@ -45,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"edge attribution ({', '.join(EDGE_METHODS)}); default: the library's "
                         f"edge method of the node method ({_edge_defaults()})")
     d.add_argument("--no-edges", action="store_true", help="nodes only")
-    d.add_argument("--top", type=int, default=15, help="nodes to list (15)")
+    d.add_argument("--top", type=positive, default=15, help="nodes to list (15)")
     d.set_defaults(func=run)
 
 
@@ -59,6 +62,7 @@ def _edge_defaults() -> str:
 
 def check(args: argparse.Namespace) -> None:
     check_model(args.model)
+    check_device(args.device)
     check_task(args.task)
     check_methods([args.method], list(METHODS))
     check_threshold("--node-threshold", args.node_threshold)
@@ -84,8 +88,8 @@ def check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> None:
     check(args)
-    with run_dir(args.out, f"{args.task}-{args.method}", args) as target, \
-            recorded_warnings() as notes:
+    with run_dir(args.out, f"{args.task}-{args.method}", args,
+                 inputs=task_files(args.task)) as target, recorded_warnings() as notes:
         model = load_model(args.model, args.device)
         train, test = load_pairs(args.task, model, args.n, args.eval_n)
         started = time.perf_counter()

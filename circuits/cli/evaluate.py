@@ -9,11 +9,14 @@ from pathlib import Path
 from circuits.cli.common import (
     UsageError,
     add_common,
+    check_device,
     check_task,
     finite,
     load_model,
     load_pairs,
+    non_negative,
     read_circuit,
+    task_files,
 )
 from circuits.cli.notes import recorded_warnings
 from circuits.cli.rundir import run_dir
@@ -26,12 +29,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("circuit", type=Path, help="circuit.json written by discover")
     add_common(e, n=None)
     e.set_defaults(model=None)
-    e.add_argument("--intact-layers", type=int, default=0,
+    e.add_argument("--intact-layers", type=non_negative, default=0,
                    help="never ablate sites of layers below this (embed is layer 0)")
     e.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
+    check_device(args.device)
     check_task(args.task)
     circuit = read_circuit(args.circuit)
     # a neuron-baseline circuit names its model "<model>+neurons" (identity dictionaries)
@@ -39,7 +43,8 @@ def run(args: argparse.Namespace) -> None:
     if model_name not in MODELS:
         raise UsageError(f"the circuit's model {model_name!r} is not one of {MODELS}; "
                          "pass --model")
-    with run_dir(args.out, f"evaluate-{args.task}", args) as target, \
+    with run_dir(args.out, f"evaluate-{args.task}", args,
+                 inputs=[args.circuit, *task_files(args.task)]) as target, \
             recorded_warnings() as notes:
         model = load_model(model_name, args.device, "neurons" if neurons else None)
         _, test = load_pairs(args.task, model, 0, args.eval_n)

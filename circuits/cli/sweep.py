@@ -12,6 +12,7 @@ from circuits.circuit import circuit_edges
 from circuits.cli.common import (
     UsageError,
     add_common,
+    check_device,
     check_methods,
     check_model,
     check_task,
@@ -22,6 +23,7 @@ from circuits.cli.common import (
     parse_numbers,
     positive,
     split_list,
+    task_files,
 )
 from circuits.cli.rundir import run_dir
 from circuits.edges import EdgeScores
@@ -29,7 +31,6 @@ from circuits.methods import METHODS
 from circuits.scores import Scores
 from circuits.select import select_nodes
 from evaluation import plot_sweep, sweep
-from saes.loader import load
 from saes.splice import SplicedModel
 from tasks.pairs import PromptPair
 
@@ -57,6 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     check_model(args.model)
+    check_device(args.device)
     check_task(args.task)
     methods = split_list(args.methods)
     check_methods(methods, list(METHODS) + ["neurons"])
@@ -64,7 +66,8 @@ def run(args: argparse.Namespace) -> None:
     counts = parse_numbers("--node-counts", args.node_counts, int) if args.node_counts else None
     if thresholds and counts:
         raise UsageError("give --thresholds or --node-counts, not both")
-    with run_dir(args.out, f"sweep-{args.task}", args) as target:
+    with run_dir(args.out, f"sweep-{args.task}", args,
+                 inputs=task_files(args.task)) as target:
         model = load_model(args.model, args.device)
         train, test = load_pairs(args.task, model, args.n, args.eval_n)
         all_scores, all_edges = {}, {}
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> None:
         table = sweep(model, all_scores, test, thresholds=thresholds, node_counts=counts,
                       edges=all_edges, progress=not args.quiet)
         if "neurons" in methods:  # the neuron baseline: identity dictionaries, scored with relp
-            neurons = load(args.model, device=args.device, dictionaries="neurons")
+            neurons = load_model(args.model, args.device, "neurons", quiet=True)
             scores = attribute(neurons, train, "relp", **method_kwargs("relp", args))
             scores.save(target.work / "scores-neurons.safetensors")
             edges = {"neurons": _edges(neurons, train, scores, args)} if args.edges else {}
