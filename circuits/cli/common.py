@@ -159,10 +159,23 @@ def add_common(p: argparse.ArgumentParser, *, n: int | None = 100, eval_n: int |
     p.add_argument("--rules", default=None,
                    help=f"LRP rules of {ruled}, comma-separated (ln,identity,half,ah) or 'none' "
                         "(default: the model family's set)")
+    p.add_argument("--sites", type=site_list, default=None,
+                   help="splice dictionaries at these sites only, comma-separated (e.g. "
+                        "embed,resid_1,mlp_2); edges then span the unspliced blocks (default: "
+                        "every site the model has a dictionary for)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--out", type=Path, default=None,
                    help="run directory (default runs/<what>-<time>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def site_list(text: str) -> list[str]:
+    """An argparse type: a comma-separated list of site names (checked against the model when
+    it loads)."""
+    names = split_list(text)
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one site name, e.g. resid_1,mlp_2")
+    return names
 
 
 def positive(text: str) -> int:
@@ -186,15 +199,15 @@ def _at_least(text: str, low: int) -> int:
 
 
 # ---- loading ---------------------------------------------------------------------------------
-def load_model(name: str, device: str | None, dictionaries=None, *, quiet: bool = False
-               ) -> SplicedModel:
+def load_model(name: str, device: str | None, dictionaries=None, *, sites: list[str] | None = None,
+               quiet: bool = False) -> SplicedModel:
     """`saes.load`; what it raises for missing or broken files (WeightsUnavailable, a
     FileNotFoundError; ValueError for a dictionary whose config and weights disagree) is one
     line from `main`, the missing Gemma packages too."""
     if not quiet:
         print(f"loading {name} ...", flush=True)
     try:
-        model = load(name, device=device, dictionaries=dictionaries)
+        model = load(name, device=device, dictionaries=dictionaries, sites=sites)
     except GemmaPackagesMissing as err:
         raise UsageError(str(err)) from err
     if not quiet:

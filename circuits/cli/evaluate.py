@@ -46,7 +46,9 @@ def run(args: argparse.Namespace) -> None:
     with run_dir(args.out, f"evaluate-{args.task}", args,
                  inputs=[args.circuit, *task_files(args.task)]) as target, \
             recorded_warnings() as notes:
-        model = load_model(model_name, args.device, "neurons" if neurons else None)
+        # the circuit's own sites unless --sites: a circuit of a subset evaluates on that subset
+        sites = args.sites or (None if circuit.meta.components_only else list(circuit.meta.sites))
+        model = load_model(model_name, args.device, "neurons" if neurons else None, sites=sites)
         _, test = load_pairs(args.task, model, 0, args.eval_n)
         means = node_means(model, test)
         faith = faithfulness(model, circuit, test, means=means, intact_layers=args.intact_layers)

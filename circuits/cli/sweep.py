@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> None:
         raise UsageError("give --thresholds or --node-counts, not both")
     with run_dir(args.out, f"sweep-{args.task}", args,
                  inputs=task_files(args.task)) as target:
-        model = load_model(args.model, args.device)
+        model = load_model(args.model, args.device, sites=args.sites)
         train, test = load_pairs(args.task, model, args.n, args.eval_n)
         all_scores, all_edges = {}, {}
         for method in methods:
@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> None:
         table = sweep(model, all_scores, test, thresholds=thresholds, node_counts=counts,
                       edges=all_edges, progress=not args.quiet)
         if "neurons" in methods:  # the neuron baseline: identity dictionaries, scored with relp
-            neurons = load_model(args.model, args.device, "neurons", quiet=True)
+            neurons = load_model(args.model, args.device, "neurons", sites=args.sites,
+                                 quiet=True)
             scores = attribute(neurons, train, "relp", **method_kwargs("relp", args))
             scores.save(target.work / "scores-neurons.safetensors")
             edges = {"neurons": _edges(neurons, train, scores, args)} if args.edges else {}

@@ -74,3 +74,23 @@ def test_a_dictionary_whose_config_disagrees_is_one_line(tmp_path, capsys, monke
     code = main(["discover", "--task", "simple", "--out", str(tmp_path / "run"), *SMALL])
     assert code == 2
     assert "resid_0: its cfg.json and its weights disagree" in one_error_line(capsys)
+
+
+def test_discover_and_evaluate_on_a_subset_of_sites(tmp_path, capsys):
+    """--sites splices half the organism's sites; the circuit has edges across the unspliced
+    blocks, and evaluate (which loads the circuit's own sites) reproduces its faithfulness."""
+    run = tmp_path / "run"
+    sites = "embed,attn_0,resid_1,mlp_2,attn_3,resid_3"
+    assert main(["discover", "--task", "simple", "--sites", sites, "--out", str(run),
+                 *SMALL]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    circuit = json.loads((run / "circuit.json").read_text())
+    assert {n["site"] for n in circuit["nodes"]} <= set(sites.split(",")) | {"metric"}
+    assert summary["n_edges"] > 0
+    assert main(["evaluate", str(run / "circuit.json"), "--task", "simple", "--eval-n", "8",
+                 "--out", str(tmp_path / "eval"), "--quiet"]) == 0
+    result = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert result["faithfulness"] == pytest.approx(summary["faithfulness"], abs=1e-6)
+    assert main(["discover", "--task", "simple", "--sites", "resid_7", "--out",
+                 str(tmp_path / "bad"), *SMALL]) == 2
+    assert "unknown site 'resid_7'" in one_error_line(capsys)
