@@ -130,15 +130,20 @@ def _release_string(name: str, dictionaries: bool | str | None,
 
 
 def _bare(name: str, device: str, dtype: torch.dtype) -> SplicedModel:
-    """The model without dictionaries (pythia-70m-deduped from the hub, gemma-3-270m from PyPI)."""
+    """The model without dictionaries."""
+    transformer, family, prepend_bos = _transformer(name, device, dtype)
+    return SplicedModel(transformer, {}, name=name, family=family, prepend_bos=prepend_bos)
+
+
+def _transformer(name: str, device: str, dtype: torch.dtype) -> tuple[Any, str, bool]:
+    """(HookedTransformer, family, prepend_bos): pythia-70m-deduped from the hub, gemma-3-270m
+    from PyPI. (A SplicedModel is built once from it: its weight check takes seconds on Gemma.)"""
     if name == "pythia-70m-deduped":
-        return SplicedModel(_hub_model("EleutherAI/pythia-70m-deduped", device, dtype), {},
-                            name=name, family="neox", prepend_bos=False)
+        return _hub_model("EleutherAI/pythia-70m-deduped", device, dtype), "neox", False
     if name == "gemma-3-270m":
         from saes.gemma import load_gemma
 
-        return SplicedModel(load_gemma(device=device, dtype=dtype), {}, name=name,
-                            family="gemma", prepend_bos=True)
+        return load_gemma(device=device, dtype=dtype), "gemma", True
     raise ValueError(f"{name} is loaded with its own dictionaries, not bare from a hub")
 
 
@@ -151,22 +156,22 @@ def _with_releases(name: str, spec: str, sites: list[str] | None, device: str,
     refs = resolve(spec, model=name)  # the organism: no sae_lens release is made for it
     for ref in refs:
         _refuse_if_not_a_site(ref.hook_name, ref)
-    bare = _bare(name, device, dtype)
-    _check_sites_known(bare.cfg, sites)
-    expected = {ref: _site_of(bare.cfg, ref.hook_name, ref) for ref in refs if ref.hook_name}
+    transformer, family, prepend_bos = _transformer(name, device, dtype)
+    cfg = transformer.cfg
+    _check_sites_known(cfg, sites)
+    expected = {ref: _site_of(cfg, ref.hook_name, ref) for ref in refs if ref.hook_name}
     wanted = [r for r in refs if sites is None or r not in expected or expected[r].name in sites]
     dicts: dict[str, Dictionary] = {}
     loaded_from: dict[str, str] = {}
     for ref in tqdm(wanted, desc="dictionaries", leave=False):
-        site, dictionary = _release_dictionary(ref, bare.cfg, spec)
+        site, dictionary = _release_dictionary(ref, cfg, spec)
         if sites is not None and site.name not in sites:
             continue
         if site.name in dicts:
             raise ValueError(f"{loaded_from[site.name]} and {ref.source} are both at site "
                              f"{site.name}: one dictionary per site")
         dicts[site.name], loaded_from[site.name] = dictionary, ref.source
-    return SplicedModel(bare.transformer, dicts, name=name, family=bare.family,
-                        prepend_bos=bare.prepend_bos)
+    return SplicedModel(transformer, dicts, name=name, family=family, prepend_bos=prepend_bos)
 
 
 def _refuse_if_not_a_site(hook_name: str | None, ref: DictionaryRef) -> None:
