@@ -3,13 +3,23 @@
     f     = act((x - b_dec·[apply_b_dec_to_input]) @ W_enc + b_enc)     [..., d_sae]
     x_hat = f @ W_dec + b_dec                                             [..., d_in]
 
+JumpReLU: f = pre · [pre > threshold] (sae_lens: relu(pre) · [pre > threshold], the same for the
+non-negative thresholds JumpReLU SAEs have; a threshold of -inf makes a linear dictionary).
+
 Decoding is affine in f, which the attribution methods rely on: a change Δf of one feature moves
 the site's activation by Δf · W_dec[i]. Built from a sae_lens SAE (standard/ReLU, JumpReLU or
 TopK architecture) or as the identity (neurons as nodes).
+
+Where it came from travels with it: ``release`` and ``sae_id`` (what
+``sae_lens.SAE.from_pretrained(release, sae_id)`` loads; None for dictionaries not loaded by
+release) and ``neuronpedia_id`` (sae_lens' directory entry, e.g.
+``gemma-3-270m/12-gemmascope-2-res-16k``; None where it lists none). ``neuronpedia_ids`` and
+``sources`` read them off any ``{site: Dictionary}`` mapping, e.g. ``model.dictionaries``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import torch
@@ -31,6 +41,9 @@ class Dictionary(nn.Module):
         threshold: Tensor | None = None,  # [d_sae], JumpReLU
         k: int | None = None,  # TopK
         identity: bool = False,
+        release: str | None = None,
+        sae_id: str | None = None,
+        neuronpedia_id: str | None = None,
     ):
         super().__init__()
         d_in, d_sae = W_enc.shape
@@ -45,6 +58,16 @@ class Dictionary(nn.Module):
         self.apply_b_dec_to_input = apply_b_dec_to_input
         self.k = k
         self.identity = identity
+        self.release = release
+        self.sae_id = sae_id
+        self.neuronpedia_id = neuronpedia_id
+
+    @property
+    def source(self) -> str | None:
+        """``release/sae_id`` for a dictionary loaded by release, else None."""
+        if self.release is None:
+            return None
+        return f"{self.release}/{self.sae_id}"
 
     @property
     def d_in(self) -> int:
@@ -75,8 +98,16 @@ class Dictionary(nn.Module):
         return f @ self.W_dec + self.b_dec
 
     @classmethod
-    def from_sae_lens(cls, sae: SAE) -> Dictionary:
-        """Copy the weights of a sae_lens SAE (standard, jumprelu or topk)."""
+    def from_sae_lens(
+        cls,
+        sae: SAE,
+        *,
+        release: str | None = None,
+        sae_id: str | None = None,
+        neuronpedia_id: str | None = None,
+    ) -> Dictionary:
+        """Copy the weights of a sae_lens SAE (standard, jumprelu or topk); neuronpedia_id
+        defaults to the one in its config."""
         cfg = sae.cfg
         architecture = cfg.architecture()
         if architecture not in ("standard", "jumprelu", "topk"):
@@ -98,6 +129,10 @@ class Dictionary(nn.Module):
             apply_b_dec_to_input=bool(getattr(cfg, "apply_b_dec_to_input", True)),
             threshold=state.get("threshold"),
             k=getattr(cfg, "k", None) if architecture == "topk" else None,
+            release=release,
+            sae_id=sae_id,
+            neuronpedia_id=neuronpedia_id
+            or getattr(getattr(cfg, "metadata", None), "neuronpedia_id", None),
         )
 
     @classmethod
@@ -108,3 +143,13 @@ class Dictionary(nn.Module):
         return cls(
             eye, zeros, eye.clone(), zeros.clone(), apply_b_dec_to_input=False, identity=True
         )
+
+
+def neuronpedia_ids(dictionaries: Mapping[str, Dictionary]) -> dict[str, str]:
+    """site -> Neuronpedia id, for the dictionaries that have one (``model.dictionaries``)."""
+    return {site: d.neuronpedia_id for site, d in dictionaries.items() if d.neuronpedia_id}
+
+
+def sources(dictionaries: Mapping[str, Dictionary]) -> dict[str, str]:
+    """site -> ``release/sae_id``, for the dictionaries loaded by release."""
+    return {site: d.source for site, d in dictionaries.items() if d.source is not None}

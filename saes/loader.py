@@ -2,14 +2,23 @@
 
 Models: ``organism`` (shipped in this repo, the offline default), ``pythia-70m-deduped`` (hub:
 EleutherAI/pythia-70m-deduped + the Marks et al. dictionaries of sae_lens), ``gemma-3-270m``
-(PyPI GGUF, no dictionaries yet). ``dictionaries="neurons"`` splices identity dictionaries instead
-(the neuron baseline): the nodes of a site are its raw activations, d_sae = d_model, and the error
-node is identically 0.
+(PyPI GGUF; bare unless dictionaries are named).
+
+Dictionaries by release (saes.releases):
+``load("gemma-3-270m", dictionaries="gemma-scope-2-270m-pt-res:width_16k_l0_medium")`` loads,
+through ``sae_lens.SAE.from_pretrained``, the release's sae id ``layer_{L}_{VARIANT}`` at each
+layer it covers; several releases join with ``+``; ``sites=`` still filters. Each dictionary
+goes to the site whose hook point it reads (``sae.cfg.metadata.hook_name``) and keeps its
+release, sae id and Neuronpedia id (``Dictionary.source``, ``.neuronpedia_id``).
+
+``dictionaries="neurons"`` splices identity dictionaries instead (the neuron baseline): the nodes
+of a site are its raw activations, d_sae = d_model, and the error node is identically 0.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,7 +33,8 @@ from transformer_lens import HookedTransformerConfig
 
 from saes.dictionary import Dictionary
 from saes.neox import neox_to_hooked
-from saes.sites import site_by_hook_name, site_by_name
+from saes.releases import SEPARATOR, DictionaryRef, resolve
+from saes.sites import Site, site_by_hook_name, site_by_name
 from saes.splice import SplicedModel
 
 log = logging.getLogger(__name__)
@@ -37,6 +47,18 @@ PYTHIA_RELEASES = (
 )
 MODELS = ("organism", "pythia-70m-deduped", "gemma-3-270m")
 NEURONS = "neurons"
+# what dictionaries=None (or True) loads: a release string; a model not listed loads none by default
+DEFAULT_DICTIONARIES = {"pythia-70m-deduped": SEPARATOR.join(PYTHIA_RELEASES)}
+GEMMA_EXAMPLE = "gemma-scope-2-270m-pt-res:width_16k_l0_medium"
+# Hook points that sae_lens dictionaries read but that are no site (yet), by the part after
+# "blocks.L.": refused before anything is downloaded. When saes.sites maps attn.hook_z to a site
+# kind, delete its line here and those dictionaries load like any other.
+NOT_A_SITE = {
+    "attn.hook_z": "attention dictionaries on attn.hook_z are not supported yet; use the res/mlp "
+                   "releases",
+    "hook_mlp_in": "transcoders (hook_mlp_in -> hook_mlp_out) are not dictionaries at one site; "
+                   "use the res/mlp releases",
+}
 
 
 class WeightsUnavailable(FileNotFoundError):
@@ -58,47 +80,178 @@ def load(
 ) -> SplicedModel:
     """Load a model with dictionaries spliced in.
 
-    dictionaries: None loads those the model has (none for gemma-3-270m); False gives the bare
-    model (component-level work); True insists on dictionaries; "neurons" splices an identity
-    dictionary at every site (nodes = the d_model raw activations + an error node that is always
-    0), the neuron baseline, usable wherever SAE dictionaries are. sites: only these sites.
+    dictionaries: None loads those the model has by default (the organism's own, the Marks
+    releases for pythia-70m-deduped, none for gemma-3-270m); False gives the bare model
+    (component-level work); True insists on the default dictionaries; a release string
+    ("RELEASE[:VARIANT]", several joined by "+", see saes.releases) loads those sae_lens
+    dictionaries; "neurons" splices an identity dictionary at every site (nodes = the d_model raw
+    activations + an error node that is always 0), the neuron baseline, usable wherever SAE
+    dictionaries are. sites: only these sites (each must get a dictionary).
     """
     if sites is not None:
         sites = _checked_site_names(sites, dictionaries)
-    if isinstance(dictionaries, str):
-        if dictionaries != NEURONS:
-            raise ValueError(
-                f"dictionaries={dictionaries!r} is not an option; pass True, False, None or "
-                f"{NEURONS!r} (identity dictionaries: neurons as nodes)"
-            )
+    if dictionaries == NEURONS:
         return _with_neurons(load(name, dictionaries=False, device=device, dtype=dtype), sites)
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    if isinstance(dictionaries, str) and not dictionaries.strip():
+        raise ValueError(f"dictionaries={dictionaries!r} names nothing; pass a release string "
+                         f"such as {GEMMA_EXAMPLE!r}, True, False, None or {NEURONS!r}")
     device = device or default_device()
     start = time.perf_counter()
-    if name == "organism":
+    if name == "organism" and not isinstance(dictionaries, str):
         model = _check_all_spliced(
             _load_organism(dictionaries is not False, sites, device, dtype), sites)
-    elif name == "pythia-70m-deduped":
-        model = _check_all_spliced(
-            _load_pythia(dictionaries is not False, sites, device, dtype), sites)
-    elif name == "gemma-3-270m":
-        if dictionaries or sites is not None:
-            raise ValueError(
-                "gemma-3-270m has no dictionaries yet; load it with dictionaries=False "
-                "(component-level attribution)"
-            )
-        from saes.gemma import load_gemma
-
-        model = SplicedModel(
-            load_gemma(device=device, dtype=dtype),
-            {},
-            name=name,
-            family="gemma",
-            prepend_bos=True,
-        )
     else:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+        spec = _release_string(name, dictionaries, sites)
+        if spec is None:
+            model = _bare(name, device, dtype)
+        else:
+            model = _check_all_spliced(_with_releases(name, spec, sites, device, dtype), sites)
     log.info("loaded %r in %.1fs", model, time.perf_counter() - start)
     return model
+
+
+def _release_string(name: str, dictionaries: bool | str | None,
+                    sites: list[str] | None) -> str | None:
+    """The release string to load for ``name`` (None: the bare model)."""
+    if isinstance(dictionaries, str):
+        return dictionaries
+    if dictionaries is False:
+        return None
+    default = DEFAULT_DICTIONARIES.get(name)
+    if default is None and (dictionaries is True or sites is not None):
+        raise ValueError(
+            f"{name} has no default dictionaries; name a sae_lens release, e.g. "
+            f"dictionaries={GEMMA_EXAMPLE!r}, or load it with dictionaries=False "
+            "(component-level attribution)"
+        )
+    return default
+
+
+def _bare(name: str, device: str, dtype: torch.dtype) -> SplicedModel:
+    """The model without dictionaries."""
+    transformer, family, prepend_bos = _transformer(name, device, dtype)
+    return SplicedModel(transformer, {}, name=name, family=family, prepend_bos=prepend_bos)
+
+
+def _transformer(name: str, device: str, dtype: torch.dtype) -> tuple[Any, str, bool]:
+    """(HookedTransformer, family, prepend_bos): pythia-70m-deduped from the hub, gemma-3-270m
+    from PyPI. (A SplicedModel is built once from it: its weight check takes seconds on Gemma.)"""
+    if name == "pythia-70m-deduped":
+        return _hub_model("EleutherAI/pythia-70m-deduped", device, dtype), "neox", False
+    if name == "gemma-3-270m":
+        from saes.gemma import load_gemma
+
+        return load_gemma(device=device, dtype=dtype), "gemma", True
+    raise ValueError(f"{name} is loaded with its own dictionaries, not bare from a hub")
+
+
+def _with_releases(name: str, spec: str, sites: list[str] | None, device: str,
+                   dtype: torch.dtype) -> SplicedModel:
+    """``name`` with the dictionaries of the release string ``spec`` (those at ``sites``).
+
+    Everything that can be refused without weights is refused first: the release string, a
+    release for another model, dictionaries at hook points that are no site."""
+    refs = resolve(spec, model=name)  # the organism: no sae_lens release is made for it
+    for ref in refs:
+        _refuse_if_not_a_site(ref.hook_name, ref)
+    transformer, family, prepend_bos = _transformer(name, device, dtype)
+    cfg = transformer.cfg
+    _check_sites_known(cfg, sites)
+    expected = {ref: _site_of(cfg, ref.hook_name, ref) for ref in refs if ref.hook_name}
+    wanted = [r for r in refs if sites is None or r not in expected or expected[r].name in sites]
+    dicts: dict[str, Dictionary] = {}
+    loaded_from: dict[str, str] = {}
+    for ref in tqdm(wanted, desc="dictionaries", leave=False):
+        site, dictionary = _release_dictionary(ref, cfg, spec)
+        if sites is not None and site.name not in sites:
+            continue
+        if site.name in dicts:
+            raise ValueError(f"{loaded_from[site.name]} and {ref.source} are both at site "
+                             f"{site.name}: one dictionary per site")
+        dicts[site.name], loaded_from[site.name] = dictionary, ref.source
+    return SplicedModel(transformer, dicts, name=name, family=family, prepend_bos=prepend_bos)
+
+
+def _refuse_if_not_a_site(hook_name: str | None, ref: DictionaryRef) -> None:
+    """A dictionary at a hook point NOT_A_SITE names is refused with its reason."""
+    if hook_name is None:
+        return
+    kind = re.sub(r"^blocks\.\d+\.", "", hook_name)
+    if kind in NOT_A_SITE:
+        raise ValueError(f"{ref.source} reads {hook_name}: {NOT_A_SITE[kind]}")
+
+
+def _site_of(cfg: HookedTransformerConfig, hook_name: str, ref: DictionaryRef) -> Site:
+    """The site at ``hook_name``; an error naming the dictionary if it is none."""
+    try:
+        return site_by_hook_name(cfg, hook_name)
+    except ValueError as err:
+        raise ValueError(f"{ref.source} reads {hook_name}, which is no site of {ref.model}: "
+                         f"{err}") from err
+
+
+def _release_dictionary(
+    ref: DictionaryRef, cfg: HookedTransformerConfig, spec: str
+) -> tuple[Site, Dictionary]:
+    """One dictionary through ``sae_lens.SAE.from_pretrained``, and the site it reads (``spec``:
+    the release string it came from, for the message that says how to build it offline)."""
+    from sae_lens import SAE
+
+    try:
+        with _shapes_from_local_cache():
+            sae = _checked_sae(partial(SAE.from_pretrained, ref.release, ref.sae_id, device="cpu"),
+                               ref.source)
+    except (OSError, LocalEntryNotFoundError, OfflineModeIsEnabled) as err:
+        release = "" if spec in DEFAULT_DICTIONARIES.values() else f" --release '{spec}'"
+        raise WeightsUnavailable(
+            f"cannot load dictionary {ref.source} (hub repo {ref.repo_id}, folder {ref.path}): "
+            "not in the local Hugging Face cache and the hub is unreachable or HF_HUB_OFFLINE=1. "
+            "Go online once, or build the offline stand-in with `python -m saes.offline_cache "
+            f"--out .hf_cache{release}` and set HF_HUB_CACHE=.hf_cache"
+        ) from err
+    hook_name = sae.cfg.metadata.hook_name
+    if ref.hook_name is not None and hook_name != ref.hook_name:
+        raise ValueError(f"dictionary {ref.source} reads {hook_name}, but its release's naming "
+                         f"says {ref.hook_name}; sae_lens' loader and saes.releases disagree")
+    _refuse_if_not_a_site(hook_name, ref)
+    dictionary = Dictionary.from_sae_lens(sae, release=ref.release, sae_id=ref.sae_id,
+                                          neuronpedia_id=ref.neuronpedia_id)
+    return _site_of(cfg, hook_name, ref), dictionary
+
+
+@contextmanager
+def _shapes_from_local_cache() -> Iterator[None]:
+    """Offline, sae_lens' Gemma Scope 2 loader reads tensor shapes from the local cache.
+
+    sae_lens' ``gemma_3`` loader (sae_lens 6.54) reads the shapes of ``params.safetensors`` with
+    HTTP range requests (``get_safetensors_tensor_shapes``: plain ``requests``, not
+    huggingface_hub), so it fails offline even when the file is cached. With HF_HUB_OFFLINE=1,
+    and only then, that one function reads the header of the cached file instead
+    (``hf_hub_download`` offline: the cached path, or LocalEntryNotFoundError); everything else
+    runs as sae_lens runs it. Online, nothing is changed.
+    """
+    from huggingface_hub import constants, hf_hub_download
+    from sae_lens.loading import pretrained_sae_loaders as loaders
+    from safetensors import safe_open
+
+    offline = getattr(constants, "is_offline_mode", lambda: constants.HF_HUB_OFFLINE)()
+    original = getattr(loaders, "get_safetensors_tensor_shapes", None)
+    if not offline or original is None:
+        yield
+        return
+
+    def cached_shapes(repo_id: str, filename: str) -> dict[str, list[int]]:
+        path = hf_hub_download(repo_id, filename)
+        with safe_open(path, framework="pt") as f:
+            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+
+    loaders.get_safetensors_tensor_shapes = cached_shapes
+    try:
+        yield
+    finally:
+        loaders.get_safetensors_tensor_shapes = original
 
 
 def _checked_site_names(sites: object, dictionaries: bool | str | None) -> list[str]:
@@ -191,36 +344,6 @@ def _hub_model(repo: str, device: str, dtype: torch.dtype):
             "with `python -m saes.offline_cache --out .hf_cache` and set HF_HUB_CACHE=.hf_cache"
         ) from err
     return neox_to_hooked(hf_model, tokenizer, device=device, dtype=dtype)
-
-
-def _load_pythia(with_dicts: bool, sites: list[str] | None, device: str, dtype: torch.dtype):
-    model = _hub_model("EleutherAI/pythia-70m-deduped", device, dtype)
-    _check_sites_known(model.cfg, sites)
-    dicts: dict[str, Dictionary] = {}
-    if with_dicts:
-        from sae_lens import SAE
-        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-
-        directory = get_pretrained_saes_directory()
-        wanted = [
-            (release, sae_id)
-            for release in PYTHIA_RELEASES
-            for sae_id in directory[release].saes_map
-            if sites is None or site_by_hook_name(model.cfg, sae_id).name in sites
-        ]
-        for release, sae_id in tqdm(wanted, desc="dictionaries", leave=False):
-            try:
-                sae = _checked_sae(partial(SAE.from_pretrained, release, sae_id, device="cpu"),
-                                   f"{release}/{sae_id}")
-            except (OSError, LocalEntryNotFoundError, OfflineModeIsEnabled) as err:
-                raise WeightsUnavailable(
-                    f"cannot load dictionary {release}/{sae_id}: not in the local Hugging Face "
-                    "cache and the hub is unreachable. Build the offline stand-in with "
-                    "`python -m saes.offline_cache` or go online once"
-                ) from err
-            site = site_by_hook_name(model.cfg, sae.cfg.metadata.hook_name)
-            dicts[site.name] = Dictionary.from_sae_lens(sae)
-    return SplicedModel(model, dicts, name="pythia-70m-deduped", family="neox", prepend_bos=False)
 
 
 def _load_organism(with_dicts: bool, sites: list[str] | None, device: str, dtype: torch.dtype):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from saes import load
+from saes.dictionary import neuronpedia_ids, sources
 from saes.splice import SiteNodes
 
 TOKENS = torch.tensor([[510, 13585, 326, 253, 15071, 751, 310]])
@@ -62,9 +63,33 @@ def test_unknown_model():
         load("gpt-5")
 
 
-def test_gemma_has_no_dictionaries_yet():
-    with pytest.raises(ValueError, match="dictionaries=False"):
+def test_gemma_has_no_default_dictionaries():
+    with pytest.raises(ValueError, match="no default dictionaries; name a sae_lens release.*"
+                                         "dictionaries=False"):
         load("gemma-3-270m", dictionaries=True)
+
+
+def test_pythia_default_is_the_three_marks_releases_with_neuronpedia_ids(pythia):
+    ids = neuronpedia_ids(pythia.dictionaries)
+    assert len(ids) == 19 and ids["resid_3"] == "pythia-70m-deduped/3-res-sm"
+    assert ids["attn_0"] == "pythia-70m-deduped/0-att-sm"
+    assert ids["embed"] == "pythia-70m-deduped/e-att-sm"  # sic: sae_lens' directory says so
+    by_site = sources(pythia.dictionaries)
+    assert by_site["mlp_5"] == "pythia-70m-deduped-mlp-sm/blocks.5.hook_mlp_out"
+    assert by_site["embed"] == "pythia-70m-deduped-res-sm/blocks.0.hook_resid_pre"
+
+
+@pytest.mark.parametrize(("spec", "sites", "expected"), [
+    ("pythia-70m-deduped-res-sm", None, ["embed"] + [f"resid_{n}" for n in range(6)]),
+    ("pythia-70m-deduped-mlp-sm:blocks.3.hook_mlp_out", None, ["mlp_3"]),
+    ("pythia-70m-deduped-res-sm+pythia-70m-deduped-att-sm", ["attn_2", "resid_2"],
+     ["attn_2", "resid_2"]),
+])
+def test_pythia_by_release_string(pythia_cache, spec, sites, expected):
+    model = load("pythia-70m-deduped", dictionaries=spec, sites=sites, device="cpu")
+    assert [s.name for s in model.spliced_sites] == expected
+    assert {d.d_sae for d in model.dictionaries.values()} == {256}
+    assert all(d.release is not None and d.release in spec for d in model.dictionaries.values())
 
 
 def test_offline_without_cache_says_how_to_fix(tmp_path):
