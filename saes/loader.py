@@ -50,14 +50,11 @@ NEURONS = "neurons"
 # what dictionaries=None (or True) loads: a release string; a model not listed loads none by default
 DEFAULT_DICTIONARIES = {"pythia-70m-deduped": SEPARATOR.join(PYTHIA_RELEASES)}
 GEMMA_EXAMPLE = "gemma-scope-2-270m-pt-res:width_16k_l0_medium"
-# Hook points that sae_lens dictionaries read but that are no site (yet), by the part after
-# "blocks.L.": refused before anything is downloaded. When saes.sites maps attn.hook_z to a site
-# kind, delete its line here and those dictionaries load like any other.
+# Hook points that sae_lens dictionaries read but that are no site, by the part after
+# "blocks.L.": refused before anything is downloaded (attn.hook_z is the attn_z_L site)
 NOT_A_SITE = {
-    "attn.hook_z": "attention dictionaries on attn.hook_z are not supported yet; use the res/mlp "
-                   "releases",
     "hook_mlp_in": "transcoders (hook_mlp_in -> hook_mlp_out) are not dictionaries at one site; "
-                   "use the res/mlp releases",
+                   "use the res, mlp or att releases",
 }
 
 

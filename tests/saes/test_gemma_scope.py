@@ -247,3 +247,23 @@ def test_a_dictionary_missing_offline_says_how_to_build_it(gemma: SplicedModel, 
                                                  r"res/layer_12_width_16k_l0_medium .*python -m "
                                                  r"saes.offline_cache --out .hf_cache --release"):
         load("gemma-3-270m", dictionaries=RES, device="cpu")
+
+
+def test_attention_dictionaries_on_hook_z_splice_exactly_and_score(gemma: SplicedModel, instant):
+    """Gemma Scope 2's att dictionaries read attn.hook_z (4 heads x 256 = 1024 wide) at the
+    attn_z_L sites: spliced == plain, and relp scores them, the error node in z space."""
+    from circuits import attribute
+
+    model = load("gemma-3-270m", dictionaries=f"{RES}+{ATT}", sites=["attn_z_5", "resid_9"],
+                 device="cpu")
+    assert {s: (d.d_in, d.release) for s, d in model.dictionaries.items()} == {
+        "attn_z_5": (1024, "gemma-scope-2-270m-pt-att"),
+        "resid_9": (640, "gemma-scope-2-270m-pt-res")}
+    tokens, _ = _tokens(model, PROMPTS[:2])
+    with torch.no_grad():
+        torch.testing.assert_close(model.logits(tokens), model.logits(tokens, spliced=False),
+                                   atol=1e-3, rtol=1e-5)
+    pairs = sva.load("simple", split="test", n=4, seed=0)
+    scores = attribute(model, pairs, "relp", progress=False)
+    assert scores.sites["attn_z_5"].shape == (512 + 1,)
+    assert scores.sites["attn_z_5"].abs().max() > 0 and scores.error("attn_z_5").abs() > 0

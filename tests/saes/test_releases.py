@@ -94,14 +94,20 @@ def nothing_may_load(monkeypatch):
 
 @pytest.mark.parametrize("spec", [
     f"{ATT}:width_16k_l0_medium",
-    f"{RES}:width_16k_l0_medium+{ATT}:width_16k_l0_medium",
     "gemma-scope-2-270m-pt-att-all:layer_3_width_16k_l0_small",
 ])
-def test_attention_dictionaries_on_hook_z_are_refused_before_loading(nothing_may_load, spec):
-    with pytest.raises(ValueError, match=r"reads blocks\.\d+\.attn\.hook_z: attention dictionaries"
-                                         r" on attn.hook_z are not supported yet; use the res/mlp "
-                                         r"releases"):
-        load("gemma-3-270m", dictionaries=spec, device="cpu")
+def test_attention_dictionaries_read_hook_z_at_attn_z_sites(spec):
+    """Gemma Scope 2's att releases read attn.hook_z: the attn_z_L sites, not attn_L."""
+    from transformer_lens import HookedTransformerConfig
+
+    from saes.sites import site_by_hook_name
+
+    cfg = HookedTransformerConfig(n_layers=18, d_model=640, n_heads=4, d_head=256, n_ctx=64,
+                                  d_vocab=10, act_fn="gelu")
+    refs = resolve(spec, model="gemma-3-270m")
+    assert refs and all(r.hook_name.endswith("attn.hook_z") for r in refs)
+    sites = [site_by_hook_name(cfg, r.hook_name) for r in refs]
+    assert {s.kind for s in sites} == {"attn_z"} and all(s.width(cfg) == 1024 for s in sites)
 
 
 def test_transcoders_are_refused_before_loading(nothing_may_load):
