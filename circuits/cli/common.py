@@ -159,6 +159,10 @@ def add_common(p: argparse.ArgumentParser, *, n: int | None = 100, eval_n: int |
     p.add_argument("--rules", default=None,
                    help=f"LRP rules of {ruled}, comma-separated (ln,identity,half,ah) or 'none' "
                         "(default: the model family's set)")
+    p.add_argument("--dictionaries", default=None, metavar="RELEASE[:VARIANT][+...]",
+                   help="sae_lens release string(s) of the dictionaries to splice, e.g. "
+                        "gemma-scope-2-270m-pt-res:width_16k_l0_medium+gemma-scope-2-270m-pt-"
+                        "mlp:width_16k_l0_medium (default: the model's own, if it has any)")
     p.add_argument("--sites", type=site_list, default=None,
                    help="splice dictionaries at these sites only, comma-separated (e.g. "
                         "embed,resid_1,mlp_2); edges then span the unspliced blocks (default: "

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> None:
     with run_dir(args.out, f"compare-{args.task}", args,
                  inputs=task_files(args.task)) as target:
         # a model without dictionaries (gemma-3-270m by default, or --bare) compares components
-        model = load_model(args.model, args.device, False if args.bare else None,
+        model = load_model(args.model, args.device, False if args.bare else args.dictionaries,
                            sites=args.sites)
         components_only = model.components_only
         train, _ = load_pairs(args.task, model, args.n, 0)

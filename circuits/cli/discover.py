@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> None:
     check(args)
     with run_dir(args.out, f"{args.task}-{args.method}", args,
                  inputs=task_files(args.task)) as target, recorded_warnings() as notes:
-        model = load_model(args.model, args.device, sites=args.sites)
+        model = load_model(args.model, args.device, args.dictionaries, sites=args.sites)
         train, test = load_pairs(args.task, model, args.n, args.eval_n)
         started = time.perf_counter()
         scores = attribute(model, train, args.method, **method_kwargs(args.method, args))

@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> None:
             recorded_warnings() as notes:
         # the circuit's own sites unless --sites: a circuit of a subset evaluates on that subset
         sites = args.sites or (None if circuit.meta.components_only else list(circuit.meta.sites))
-        model = load_model(model_name, args.device, "neurons" if neurons else None, sites=sites)
+        model = load_model(model_name, args.device, "neurons" if neurons else args.dictionaries,
+                           sites=sites)
         _, test = load_pairs(args.task, model, 0, args.eval_n)
         means = node_means(model, test)
         faith = faithfulness(model, circuit, test, means=means, intact_layers=args.intact_layers)

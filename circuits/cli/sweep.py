@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> None:
         raise UsageError("give --thresholds or --node-counts, not both")
     with run_dir(args.out, f"sweep-{args.task}", args,
                  inputs=task_files(args.task)) as target:
-        model = load_model(args.model, args.device, sites=args.sites)
+        model = load_model(args.model, args.device, args.dictionaries, sites=args.sites)
         train, test = load_pairs(args.task, model, args.n, args.eval_n)
         all_scores, all_edges = {}, {}
         for method in methods:

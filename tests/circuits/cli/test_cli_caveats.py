@@ -94,3 +94,15 @@ def test_discover_and_evaluate_on_a_subset_of_sites(tmp_path, capsys):
     assert main(["discover", "--task", "simple", "--sites", "resid_7", "--out",
                  str(tmp_path / "bad"), *SMALL]) == 2
     assert "unknown site 'resid_7'" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--dictionaries", "pythia-70m-deduped-res-sm"],
+     "release 'pythia-70m-deduped-res-sm' is made for pythia-70m-deduped, not organism"),
+    (["--model", "pythia-70m-deduped", "--dictionaries", "pythia-70m-deduped-res-smm"],
+     "unknown sae_lens release 'pythia-70m-deduped-res-smm' (did you mean"),
+])
+def test_release_strings_from_the_cli_are_checked(argv, message, tmp_path, capsys):
+    """--dictionaries takes sae_lens release strings; a wrong one is one line naming it."""
+    assert main(["discover", *argv, "--out", str(tmp_path / "run"), *SMALL]) == 2
+    assert message in one_error_line(capsys)
