@@ -125,11 +125,24 @@ def attribute(
         components_only=model.components_only,
         signed=spec.signed,
         options=options.to_json(),
+        dictionaries=dictionary_ids(model),
     )
     scores.check_finite()
     if all(not bool(v.any()) for v in scores.sites.values()):
         warnings.warn(nothing_to_attribute(scores), RuntimeWarning, stacklevel=2)
     return scores
+
+
+def dictionary_ids(model: SplicedModel) -> dict[str, dict[str, str]]:
+    """site -> where its dictionary came from (release/sae_id) and its Neuronpedia id, for the
+    sites whose dictionary says (loaded by sae_lens release)."""
+    out: dict[str, dict[str, str]] = {}
+    for site, d in model.dictionaries.items():
+        ids = {"source": d.source, "neuronpedia": d.neuronpedia_id}
+        known = {k: v for k, v in ids.items() if v}
+        if known:
+            out[site] = known
+    return out
 
 
 def nothing_to_attribute(scores: Scores) -> str:

@@ -265,6 +265,7 @@ def build(
         edges=edges is not None, edge_method=None if edges is None else edges.method,
         tokens=None if tokens is None else tuple(tokens), sites=tuple(scores.sites),
         site_shapes={k: tuple(v.shape) for k, v in scores.sites.items()},
+        dictionaries={k: dict(v) for k, v in scores.dictionaries.items()},
     )
     return Circuit(graph, meta)
 
@@ -305,7 +306,8 @@ def _aggregate(scores: Scores, aggregation: Aggregation | None) -> Scores:
     if aggregation == "sum" and scores.aggregation == "none":
         return Scores(scores.method, scores.model, "sum", False,
                       {k: v.sum(0) for k, v in scores.sites.items()}, scores.n_examples,
-                      scores.components_only, scores.signed, dict(scores.options))
+                      scores.components_only, scores.signed, dict(scores.options),
+                      dict(scores.dictionaries))
     raise ValueError(f"cannot build a circuit with aggregation {aggregation!r} from scores with "
                      f"aggregation {scores.aggregation!r}; attribute with aggregation="
                      f"{aggregation!r}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from circuits.types import AGGREGATIONS, Aggregation, check_choice
@@ -37,6 +37,9 @@ class CircuitMeta:
     tokens: tuple[str, ...] | None  # one label per position (per-position circuits)
     sites: tuple[str, ...]  # scored sites, in model order
     site_shapes: dict[str, tuple[int, ...]]  # each site's scores: [n_nodes] or [pos, n_nodes]
+    # site -> where its dictionary came from: "source" (release/sae_id) and "neuronpedia" (id of
+    # its Neuronpedia pages), where known (Scores.dictionaries); absent in older files
+    dictionaries: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_choice("aggregation", self.aggregation, AGGREGATIONS)
@@ -69,13 +72,13 @@ class CircuitMeta:
         unknown = sorted(set(data) - set(names))
         if unknown:
             raise ValueError(f"unknown circuit meta key(s) {unknown}; known keys are {names}")
-        missing = [name for name in names if name not in data]
+        missing = [name for name in names if name not in data and name not in _OPTIONAL]
         if missing:
             raise ValueError(f"circuit meta lacks the key(s) {missing}")
         for name, (ok, what) in _CHECKS.items():
-            if not ok(data[name]):
+            if name in data and not ok(data[name]):
                 raise ValueError(f"circuit meta {name!r} is {_show(data[name])}; it must be {what}")
-        values = {name: data[name] for name in names}
+        values = {name: data[name] for name in names if name in data}
         values["tokens"] = None if values["tokens"] is None else tuple(values["tokens"])
         values["sites"] = tuple(values["sites"])
         values["site_shapes"] = {k: tuple(v) for k, v in values["site_shapes"].items()}
@@ -125,7 +128,11 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {  # field -> (check, wh
     "tokens": (lambda v: v is None or _strings(v), "a list of strings or null"),
     "sites": (_strings, "a list of site names"),
     "site_shapes": (_shapes, "an object of site -> [n_nodes] or [positions, n_nodes], sizes > 0"),
+    "dictionaries": (lambda v: isinstance(v, dict) and all(
+        isinstance(d, dict) and all(isinstance(x, str) for x in [*d, *d.values()])
+        for d in v.values()), "an object of site -> {source, neuronpedia: strings}"),
 }
+_OPTIONAL = {"dictionaries"}  # keys a circuit.json of an earlier version lacks
 
 
 def _check_shapes(values: dict[str, Any]) -> None:

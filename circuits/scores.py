@@ -41,6 +41,8 @@ class Scores:
     components_only: bool = False  # True: no dictionaries, a site's one node is the component
     signed: bool = True  # False for methods that score magnitudes only (atp*)
     options: dict[str, Any] = field(default_factory=dict)  # method options (JSON-able)
+    # site -> {"source": release/sae_id, "neuronpedia": id} where the model's dictionaries say
+    dictionaries: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_choice("aggregation", self.aggregation, AGGREGATIONS)
@@ -93,7 +95,7 @@ class Scores:
         return Scores(
             self.method, self.model, self.aggregation, self.per_example,
             {k: v.to(device) for k, v in self.sites.items()}, self.n_examples,
-            self.components_only, self.signed, dict(self.options),
+            self.components_only, self.signed, dict(self.options), dict(self.dictionaries),
         )
 
     def __repr__(self) -> str:
@@ -116,6 +118,7 @@ class Scores:
             "components_only": self.components_only,
             "signed": self.signed,
             "options": self.options,
+            "dictionaries": self.dictionaries,
             "site_order": list(self.sites),
         }
         return write_tensors(path, self.sites, _HEADER_KEY, meta)
@@ -134,6 +137,7 @@ class Scores:
             components_only=meta.get("components_only", meta.get("bare", False)),
             signed=meta["signed"],
             options=meta["options"],
+            dictionaries=meta.get("dictionaries", {}),
         )
 
 

@@ -186,10 +186,11 @@ def test_a_circuit_file_of_the_first_format_still_reads(tmp_path):
     masks = circuit.selection()
     assert masks["embed"].tolist() == [False, True, False]
     assert masks["resid_0"].tolist() == [False, False, True]
-    again = circuit.to_json()  # written in the current format, the renamed keys only
+    again = circuit.to_json()  # written in the current format: the renamed keys, and the
     assert again["format"] == "circuits.circuit/2" and "bare" not in again["meta"]
-    assert [k for k in again["meta"]] == [
-        "components_only" if k == "bare" else k for k in old["meta"]]
+    assert [k for k in again["meta"]] == [  # dictionaries' origins the old format lacked
+        "components_only" if k == "bare" else k for k in old["meta"]] + ["dictionaries"]
+    assert again["meta"]["dictionaries"] == {}
     assert all("kind" not in n and "role" in n for n in again["nodes"])
     assert Circuit.from_json(again).meta == circuit.meta
     assert "digraph" in circuit.to_dot()

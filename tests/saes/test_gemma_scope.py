@@ -267,3 +267,13 @@ def test_attention_dictionaries_on_hook_z_splice_exactly_and_score(gemma: Splice
     scores = attribute(model, pairs, "relp", progress=False)
     assert scores.sites["attn_z_5"].shape == (512 + 1,)
     assert scores.sites["attn_z_5"].abs().max() > 0 and scores.error("attn_z_5").abs() > 0
+    # where each dictionary came from travels into the scores and the circuit's meta
+    ids = {"source": "gemma-scope-2-270m-pt-res/layer_9_width_16k_l0_medium",
+           "neuronpedia": "gemma-3-270m/9-gemmascope-2-res-16k"}
+    assert scores.dictionaries["resid_9"] == ids
+    assert scores.dictionaries["attn_z_5"]["source"] == (
+        "gemma-scope-2-270m-pt-att/layer_5_width_16k_l0_medium")
+    from circuits import Circuit, build
+
+    circuit = build(scores, top_k=5)
+    assert Circuit.from_json(circuit.to_json()).meta.dictionaries["resid_9"] == ids
