@@ -212,4 +212,5 @@ def _unknown_release(release: str, model: str | None, found: dict[str, Any]) -> 
     pool = releases_for(model) if model is not None else list(found)
     close = difflib.get_close_matches(release, pool or list(found), n=3, cutoff=0.6)
     maybe = f" (did you mean {', '.join(close)}?)" if close else ""
-    return f"unknown sae_lens release {release!r}{maybe}; {_releases_line(model)}"
+    return (f"unknown sae_lens release {release!r}{maybe}; {_releases_line(model)} (dictionaries= "
+            "takes a release string, True, False, None or 'neurons')")
