@@ -315,12 +315,14 @@ def _checked_sae(read: Callable[[], Any], what: str) -> Any:
 
 
 @contextmanager
-def _no_progress_bar() -> Iterator[None]:
-    """transformers' weight-loading progress bar off inside (restored after)."""
+def transformers_progress_bars(shown: bool) -> Iterator[None]:
+    """transformers' (and huggingface_hub's) progress bars off inside unless ``shown``;
+    restored afterwards."""
     from transformers.utils import logging as hf_logging
 
     was_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
+    if not shown:
+        hf_logging.disable_progress_bar()
     try:
         yield
     finally:
@@ -352,7 +354,7 @@ def _load_organism(with_dicts: bool, sites: list[str] | None, device: str, dtype
             "`python -m saes.organism.train`"
         )
     tokenizer = AutoTokenizer.from_pretrained(ORGANISM_DIR)
-    with _no_progress_bar():  # 52 local tensors in a blink: a bar is only stderr noise
+    with transformers_progress_bars(False):  # 52 local tensors in a blink: a bar is noise
         hf_model = GPTNeoXForCausalLM.from_pretrained(ORGANISM_DIR, dtype=dtype)
     model = neox_to_hooked(hf_model, tokenizer, device=device, dtype=dtype)
     _check_sites_known(model.cfg, sites)

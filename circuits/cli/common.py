@@ -15,12 +15,11 @@ from typing import Any
 import torch
 from tqdm import tqdm as tqdm_std
 from tqdm.auto import tqdm
-from transformers.utils import logging as hf_logging
 
 from circuits.circuit import Circuit
 from circuits.methods import METHODS, IGOptions
 from saes.gemma import GemmaPackagesMissing
-from saes.loader import MODELS, load
+from saes.loader import MODELS, load, transformers_progress_bars
 from saes.splice import SplicedModel
 from tasks import sva
 from tasks.pairs import PromptPair
@@ -263,14 +262,8 @@ def progress_bars(shown: bool) -> Iterator[None]:
     transformers and huggingface_hub (their switch, restored afterwards). saes.loader's
     "dictionaries" bar has no switch; it clears its line when done, and after a failure
     `close_progress_bars` clears it."""
-    was_on = hf_logging.is_progress_bar_enabled()
-    if not shown:
-        hf_logging.disable_progress_bar()
-    try:
+    with transformers_progress_bars(shown):
         yield
-    finally:
-        if was_on:
-            hf_logging.enable_progress_bar()
 
 
 def close_progress_bars() -> None:

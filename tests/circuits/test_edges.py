@@ -300,15 +300,20 @@ def two_node_effect(model, data, up, u, down, d, alpha: float) -> float:
         with torch.no_grad(), model.transformer.hooks(fwd_hooks=[(D.hook_name, keep)]):
             model.transformer.blocks[D.layer](clean[resid_pre(D.layer)] + alpha * move)
         x_moved = out["x"]
-    dic = model.dictionaries[down]
+    change = node_change(model.dictionaries[down], d, x, x_moved)
     with torch.no_grad():
-        if d == dic.d_sae:  # error node
-            change = (x_moved - dic.decode(dic.encode(x_moved))) - (x - dic.decode(dic.encode(x)))
-        else:
-            change = (dic.encode(x_moved)[..., d] - dic.encode(x)[..., d])[..., None] * dic.W_dec[d]
         enter = entry(model, D)
         value, _ = forward(model, clean[enter.resid] + change, targets, start_at_layer=enter.start)
     return float((value - base).mean())
+
+
+@torch.no_grad()
+def node_change(dic: Dictionary, d: int, x: torch.Tensor, x_moved: torch.Tensor) -> torch.Tensor:
+    """How node d of a site moves the site's activation when the site goes from x to x_moved:
+    the error node's move, or feature d's move times its decoder row."""
+    if d == dic.d_sae:  # error node
+        return (x_moved - dic.decode(dic.encode(x_moved))) - (x - dic.decode(dic.encode(x)))
+    return (dic.encode(x_moved)[..., d] - dic.encode(x)[..., d])[..., None] * dic.W_dec[d]
 
 
 def test_organism_edges_agree_with_two_node_patching():
@@ -410,12 +415,7 @@ def two_node_effect_of_a_subset(model, data, up, u, down, d, alpha: float) -> fl
 
     forward(model, data.clean_tokens, targets, hooks=[(n, moved_or_clean) for n in names])
     x, x_moved = clean[D.hook_name], arrived["x"]
-    dic = model.dictionaries[down]
-    with torch.no_grad():
-        if d == dic.d_sae:  # error node
-            change = (x_moved - dic.decode(dic.encode(x_moved))) - (x - dic.decode(dic.encode(x)))
-        else:
-            change = (dic.encode(x_moved)[..., d] - dic.encode(x)[..., d])[..., None] * dic.W_dec[d]
+    change = node_change(model.dictionaries[down], d, x, x_moved)
     value, _ = forward(model, data.clean_tokens, targets,
                        hooks=[(D.hook_name, lambda act, hook: act + change)])
     return float((value - base).mean())
