@@ -35,13 +35,14 @@ def main() -> None:
     parser.add_argument("--construction", default="across_pp")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
+    # huggingface_hub reads these when first imported: set them before anything imports it
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_HUB_CACHE"] = str(args.cache)
     if not (args.cache / "models--google--gemma-scope-2-270m-pt").exists():
         from saes import offline_cache
 
         offline_cache.main(["--out", str(args.cache), *[a for r in RELEASES
                                                         for a in ("--release", r)]])
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["HF_HUB_CACHE"] = str(args.cache)
 
     import torch
 
