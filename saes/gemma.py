@@ -97,6 +97,14 @@ def load_gemma(
         return model
 
 
+def load_tokenizer(cache_dir: str | Path | None = None) -> PreTrainedTokenizerBase:
+    """Gemma's tokenizer, from the cache (built first, with the model, if there is none)."""
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    if read_manifest(cache) is None:
+        return load_gemma(cache_dir=cache).tokenizer  # type: ignore[return-value]
+    return AutoTokenizer.from_pretrained(cache / TOKENIZER_DIR)
+
+
 def import_packages() -> ModuleType:
     """The package's module, or a one-line error naming the pip command."""
     try:

@@ -2,7 +2,8 @@
 
 Models: ``organism`` (shipped in this repo, the offline default), ``pythia-70m-deduped`` (hub:
 EleutherAI/pythia-70m-deduped + the Marks et al. dictionaries of sae_lens), ``gemma-3-270m``
-(PyPI GGUF; bare unless dictionaries are named).
+(PyPI GGUF; with the dictionaries trained here when they are built, see saes.trained, else bare
+unless dictionaries are named).
 
 Dictionaries by release (saes.releases):
 ``load("gemma-3-270m", dictionaries="gemma-scope-2-270m-pt-res:width_16k_l0_medium")`` loads,
@@ -36,6 +37,7 @@ from saes.neox import neox_to_hooked
 from saes.releases import SEPARATOR, DictionaryRef, resolve
 from saes.sites import Site, site_by_hook_name, site_by_name
 from saes.splice import SplicedModel
+from saes.trained.paths import dictionaries_dir as trained_dictionaries
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,8 @@ PYTHIA_RELEASES = (
 )
 MODELS = ("organism", "pythia-70m-deduped", "gemma-3-270m")
 NEURONS = "neurons"
+TRAINED = "trained"  # the dictionaries trained here (saes.trained), for the models in TRAINED_FOR
+TRAINED_FOR = ("gemma-3-270m",)
 # what dictionaries=None (or True) loads: a release string; a model not listed loads none by default
 DEFAULT_DICTIONARIES = {"pythia-70m-deduped": SEPARATOR.join(PYTHIA_RELEASES)}
 GEMMA_EXAMPLE = "gemma-scope-2-270m-pt-res:width_16k_l0_medium"
@@ -99,6 +103,10 @@ def load(
     if name == "organism" and not isinstance(dictionaries, str):
         model = _check_all_spliced(
             _load_organism(dictionaries is not False, sites, device, dtype), sites)
+    elif dictionaries == TRAINED or (
+        dictionaries in (None, True) and name in TRAINED_FOR and trained_dictionaries().exists()
+    ):
+        model = _check_all_spliced(_with_trained(name, sites, device, dtype), sites)
     else:
         spec = _release_string(name, dictionaries, sites)
         if spec is None:
@@ -122,6 +130,8 @@ def _release_string(name: str, dictionaries: bool | str | None,
             f"{name} has no default dictionaries; name a sae_lens release, e.g. "
             f"dictionaries={GEMMA_EXAMPLE!r}, or load it with dictionaries=False "
             "(component-level attribution)"
+            + (f", or build the dictionaries trained here ({TRAINED!r}): python -m "
+               "saes.trained.corpus && python -m saes.trained.train" if name in TRAINED_FOR else "")
         )
     return default
 
@@ -168,6 +178,39 @@ def _with_releases(name: str, spec: str, sites: list[str] | None, device: str,
             raise ValueError(f"{loaded_from[site.name]} and {ref.source} are both at site "
                              f"{site.name}: one dictionary per site")
         dicts[site.name], loaded_from[site.name] = dictionary, ref.source
+    return SplicedModel(transformer, dicts, name=name, family=family, prepend_bos=prepend_bos)
+
+
+def _with_trained(name: str, sites: list[str] | None, device: str,
+                  dtype: torch.dtype) -> SplicedModel:
+    """``name`` with the dictionaries trained here (saes.trained), those at ``sites``."""
+    from sae_lens import SAE
+
+    folder = trained_dictionaries()
+    if name not in TRAINED_FOR:
+        raise ValueError(f"dictionaries={TRAINED!r} exist for {', '.join(TRAINED_FOR)} only, not "
+                         f"{name}; name a sae_lens release instead")
+    found = sorted(p.parent for p in folder.glob("*/cfg.json")) if folder.exists() else []
+    if not found:
+        raise WeightsUnavailable(
+            f"no trained dictionaries in {folder}; build them with `python -m saes.trained.corpus "
+            "&& python -m saes.trained.train` (README: Feature circuits on Gemma-3-270M), or "
+            "name a sae_lens release")
+    transformer, family, prepend_bos = _transformer(name, device, dtype)
+    cfg = transformer.cfg
+    _check_sites_known(cfg, sites)
+    dicts: dict[str, Dictionary] = {}
+    for path in found:
+        sae = _checked_sae(partial(SAE.load_from_disk, str(path), device="cpu"), str(path))
+        ref = DictionaryRef(release=TRAINED, sae_id=path.name, model=name, repo_id=str(folder),
+                            path=path.name, conversion_func=None, hook_name=None,
+                            neuronpedia_id=None, l0=None)
+        site = _site_of(cfg, sae.cfg.metadata.hook_name, ref)
+        if site.name != path.name:
+            raise ValueError(f"trained dictionary {path} reads {sae.cfg.metadata.hook_name}, the "
+                             f"hook point of {site.name}, not of {path.name}: rebuild it")
+        if sites is None or site.name in sites:
+            dicts[site.name] = Dictionary.from_sae_lens(sae, release=TRAINED, sae_id=site.name)
     return SplicedModel(transformer, dicts, name=name, family=family, prepend_bos=prepend_bos)
 
 

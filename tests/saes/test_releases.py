@@ -78,9 +78,12 @@ def test_pythia_ids_are_listed_when_a_variant_is_unknown():
 
 
 @pytest.fixture
-def nothing_may_load(monkeypatch):
-    """Loading a model or a dictionary fails the test: errors must come before."""
+def nothing_may_load(monkeypatch, tmp_path):
+    """Loading a model or a dictionary fails the test: errors must come before. (No trained
+    dictionaries either: they would be gemma-3-270m's defaults.)"""
     import sae_lens
+
+    monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path))
 
     from saes import gemma, loader
 
