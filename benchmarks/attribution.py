@@ -15,9 +15,13 @@ Prints markdown tables:
     allocated on a GPU; on CPU the peak resident set size above the level before the method
     ran, sampled every 5 ms, each method in a fresh process.
 
-Model: the organism (saes/organism/weights). --pythia: the full-size offline Pythia-70M (needs
-HF_HUB_OFFLINE=1 and HF_HUB_CACHE=<dir from `python -m saes.offline_cache --d-sae 32768 --out
-<dir>`); exact is skipped there unless --exact-n is given (one forward per moved node).
+Model: the organism (saes/organism/weights), or --model NAME [--dictionaries STRING] (as
+`saes.load`; e.g. --model gemma-3-270m --dictionaries trained). --methods picks the compared
+methods (default atp, atp*, ig, relp); ``relp:RULES`` is relp with the LRP rules RULES
+("ln+identity", or "none"), e.g. --methods atp relp relp:ln relp:identity relp:none.
+--pythia: the full-size offline Pythia-70M (needs HF_HUB_OFFLINE=1 and HF_HUB_CACHE=<dir from
+`python -m saes.offline_cache --d-sae 32768 --out <dir>`); exact is skipped there unless
+--exact-n is given (one forward per moved node).
 """
 
 from __future__ import annotations
@@ -44,7 +48,16 @@ from saes import SplicedModel, load  # noqa: E402
 from tasks import sva  # noqa: E402
 from tasks.pairs import Dataset  # noqa: E402
 
-METHODS = ("exact", "atp", "atp*", "ig", "relp")
+COMPARED = ("atp", "atp*", "ig", "relp")  # against exact
+
+
+def variant(spec: str) -> tuple[str, tuple[str, ...] | None]:
+    """"relp:ln+identity" -> ("relp", ("ln", "identity")); "relp:none" -> ("relp", ());
+    "atp" -> ("atp", None) (the method's own rules)."""
+    name, _, rules = spec.partition(":")
+    if not rules:
+        return name, None
+    return name, () if rules == "none" else tuple(rules.split("+"))
 
 
 class PeakMemory:
@@ -90,44 +103,51 @@ def pick_model(args) -> tuple[SplicedModel, str]:
                      "`python -m saes.offline_cache --d-sae 32768 --out <dir>`>")
         return load("pythia-70m-deduped", device=args.device), "Pythia-70M-deduped (offline, " \
             "random weights of the real shapes, 32768 features per site)"
+    if args.model != "organism" or args.dictionaries is not None:
+        model = load(args.model, dictionaries=args.dictionaries, device=args.device)
+        return model, f"{args.model} with dictionaries {args.dictionaries or 'by default'}"
     return load("organism", device=args.device), "the model organism"
 
 
 def agreement_markdown(model: SplicedModel, data: Dataset, args) -> str:
     """evaluation.agreement of atp, atp*, ig and relp against exact (averaged scores summed over
     positions): the same table as `circuits compare`."""
-    def scores(method: str):
-        return attribute(model, data, method, aggregation="sum", batch_size=args.batch_size,
-                         progress=args.progress, **own_options(method, args))
+    def scores(spec: str):
+        return attribute(model, data, variant(spec)[0], aggregation="sum",
+                         batch_size=args.batch_size, progress=args.progress,
+                         **own_options(spec, args))
 
     exact = scores("exact")
-    table = agreement({m: scores(m) for m in ("atp", "atp*", "ig", "relp")}, exact, by="site")
+    table = agreement({m: scores(m) for m in args.methods}, exact, by="site")
     pooled = table[table["site"] == POOLED].set_index("method")["n_nodes"]
     counts = ", ".join(f"{m} {n}" for m, n in pooled.items())
     return agreement_table(table) + f"\n\nNodes compared (pooled): {counts}."
 
 
-def own_options(name: str, args) -> dict:
-    """The method's own options among --steps and --exact-batch."""
-    given = {"steps": args.steps, "exact_batch": args.exact_batch}
-    return {k: v for k, v in given.items() if k in method(name).option_names}
+def own_options(spec: str, args) -> dict:
+    """The method's own options among --steps and --exact-batch, and the rules of relp:RULES."""
+    name, rules = variant(spec)
+    given = {"steps": args.steps, "exact_batch": args.exact_batch, "rules": rules}
+    return {k: v for k, v in given.items()
+            if k in method(name).option_names and (k != "rules" or v is not None)}
 
 
-def timed(model: SplicedModel, data: Dataset, method: str, args) -> tuple[float, float]:
+def timed(model: SplicedModel, data: Dataset, spec: str, args) -> tuple[float, float]:
     """(wall, CPU) seconds of one attribute() call."""
     wall, cpu = time.perf_counter(), time.process_time()
-    attribute(model, data, method, batch_size=args.batch_size, progress=args.progress,
-              **own_options(method, args))
+    attribute(model, data, variant(spec)[0], batch_size=args.batch_size, progress=args.progress,
+              **own_options(spec, args))
     if model.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def child_measure(model: SplicedModel, data: Dataset, method: str, args) -> dict[str, float]:
+def child_measure(model: SplicedModel, data: Dataset, spec: str, args) -> dict[str, float]:
     """In a fresh process: peak memory (and time) of one run after a warm-up."""
-    attribute(model, data.subset([0, 1]), method, progress=False)  # warm-up
+    attribute(model, data.subset([0, 1]), variant(spec)[0], progress=False,
+              **own_options(spec, args))  # warm-up
     with PeakMemory(model.device) as memory:
-        wall, cpu = timed(model, data, method, args)
+        wall, cpu = timed(model, data, spec, args)
     return {"peak": memory.peak, "wall": wall, "cpu": cpu}
 
 
@@ -191,6 +211,11 @@ def main() -> None:
     parser.add_argument("--exact-batch", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds (best kept)")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
+    parser.add_argument("--model", default="organism", help="a model saes.load knows")
+    parser.add_argument("--dictionaries", default=None,
+                        help="as saes.load's dictionaries= (e.g. trained, a release string)")
+    parser.add_argument("--methods", nargs="+", default=list(COMPARED),
+                        help="methods compared with exact; relp:RULES for a rule variant")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     argv = sys.argv[1:]
     args = parser.parse_args()
@@ -219,7 +244,8 @@ def main() -> None:
               "against |exact|)\n")
         print(agreement_markdown(model, data.subset(slice(0, agreement_n)), args))
         print()
-    methods = tuple(m for m in METHODS if run_exact or m != "exact")
+    # atp is every ratio's base
+    methods = (*(["exact"] if run_exact else []), *dict.fromkeys(["atp", *args.methods]))
     print(f"## (b) Cost on {len(data)} prompts\n")
     print(cost_table(model, data, methods, args, argv))
     exact_note = ""

@@ -2,11 +2,13 @@
 
     python benchmarks/faithfulness.py --out runs/faithfulness [--n-train 100] [--n-test 40]
 
-On the model organism, for each agreement construction: attribute on the train split with
-relp, ig and atp (the SAE dictionaries) and with relp on identity dictionaries (neurons as
-nodes, ``load(..., dictionaries="neurons")``); sweep the top-k circuits of each on the test
-split under mean ablation. Writes ``sweep.csv`` (every row, a ``task`` column added),
-``<construction>.png/.svg`` and ``all.png/.svg`` to --out, and prints markdown tables:
+On the model organism (or --model NAME --dictionaries STRING, e.g. gemma-3-270m trained; the
+neuron baseline then at the same sites; --methods adds e.g. column), for each construction:
+attribute on the train split with relp, ig and atp (the SAE dictionaries) and with relp on
+identity dictionaries (neurons as nodes, ``load(..., dictionaries="neurons")``); sweep the top-k
+circuits of each on the test split under mean ablation. Writes ``sweep.csv`` (every row, a
+``task`` column added), ``<construction>.png/.svg`` and ``all.png/.svg`` to --out, and prints
+markdown tables:
 (a) nodes needed for faithfulness >= 0.8 (the first node count of the grid that reaches it),
 (b) faithfulness at fixed node counts, (c) completeness at the same counts, (d) relp vs ig:
 Spearman correlation of the node scores (average ranks for ties, over the nodes non-zero in
@@ -98,19 +100,35 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=40)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--constructions", nargs="+", default=list(CONSTRUCTIONS))
+    parser.add_argument("--model", default="organism", help="a model saes.load knows")
+    parser.add_argument("--dictionaries", default=None,
+                        help="as saes.load's dictionaries= (e.g. trained); the neuron baseline "
+                             "is spliced at the same sites")
+    parser.add_argument("--methods", nargs="+", default=list(SAE_METHODS),
+                        help=f"SAE methods ({' '.join(SAE_METHODS)}; column is another)")
+    parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     args.out.mkdir(parents=True, exist_ok=True)
 
-    model = load("organism", device=args.device)
-    neurons = load("organism", dictionaries="neurons", device=args.device)
+    model = load(args.model, dictionaries=args.dictionaries, device=args.device)
+    sites = None if args.model == "organism" else list(model.dictionaries)
+    neurons = load(args.model, dictionaries="neurons", sites=sites, device=args.device)
+    # the organism's own vocabulary needs no tokenizer to generate prompts
+    tokenizer = None if args.model == "organism" else model.tokenizer
+    methods = list(args.methods)
+    if not {"relp", "ig"} <= set(methods):
+        parser.error("--methods must include relp and ig (table (d) compares them)")
     frames, comparisons = [], {}
     for construction in args.constructions:
-        train = sva.load(construction, n=args.n_train)
-        test = model.tokenize(sva.load(construction, split="test", n=args.n_test))
+        train = sva.load(construction, n=args.n_train, tokenizer=tokenizer)
+        test = model.tokenize(sva.load(construction, split="test", n=args.n_test,
+                                       tokenizer=tokenizer))
         start = time.perf_counter()
-        scores = {m: attribute(model, train, m, progress=False) for m in SAE_METHODS}
-        neuron_scores = attribute(neurons, train, "relp", progress=False)
+        scores = {m: attribute(model, train, m, progress=False, batch_size=args.batch_size)
+                  for m in methods}
+        neuron_scores = attribute(neurons, train, "relp", progress=False,
+                                  batch_size=args.batch_size)
         total = sum(v.numel() for v in scores["relp"].sites.values())
         means = node_means(model, test)
         sae = sweep(model, scores, test, node_counts=node_grid(total), means=means,
@@ -131,15 +149,16 @@ def main() -> None:
         print(f"{construction}: attributed and swept in {time.perf_counter() - start:.1f}s "
               f"(m(M) = {table['m_full'].iloc[0]:.2f}, m(∅) = {table['m_empty'].iloc[0]:.2f})",
               file=sys.stderr)
-        plot_sweep(table, args.out / construction, title=f"organism, {construction}")
+        plot_sweep(table, args.out / construction, title=f"{args.model}, {construction}")
     table = pd.concat(frames, ignore_index=True)
     table.to_csv(args.out / "sweep.csv", index=False)
-    plot_sweep(table, args.out / "all", facet="task", title="organism: mean-ablation sweeps")
-    methods = [*SAE_METHODS, NEURONS]
+    plot_sweep(table, args.out / "all", facet="task",
+               title=f"{args.model}: mean-ablation sweeps")
+    methods = [*methods, NEURONS]
 
-    print(f"Model organism; attribution on {args.n_train} train pairs, evaluation on "
-          f"{args.n_test} test pairs; SAE nodes per construction: {total}, neuron nodes: "
-          f"{n_total}; node counts on a geometric grid (~55 points).\n")
+    print(f"Model {args.model} ({model!r}); attribution on {args.n_train} train pairs, "
+          f"evaluation on {args.n_test} test pairs; SAE nodes per construction: {total}, "
+          f"neuron nodes: {n_total}; node counts on a geometric grid (~55 points).\n")
     print(f"(a) nodes needed for faithfulness >= {TARGET}\n")
     print("| construction | " + " | ".join(methods) + " |")
     print("|---|" + "---:|" * len(methods))
