@@ -194,18 +194,22 @@ def _node(n: str, a: dict, xy: tuple[float, float], top: float) -> str:
             f'pos="{x:.3f},{y:.3f}!"];')
 
 
-def _legend(m: CircuitMeta, n_nodes: int, n_edges: int) -> str:
+def title(m: CircuitMeta, n_nodes: int, n_edges: int) -> str:
+    """'relp circuit of organism: 113 nodes, 1504 edges (|effect| ≥ 0.01; 100 examples)'."""
     threshold = (f"top {m.top_k} nodes" if m.top_k is not None
                  else f"|effect| ≥ {m.node_threshold or 0:.3g}")
     if m.edges and m.edge_threshold is not None:
         threshold += f", |edge| ≥ {m.edge_threshold:.3g}"
-    title = html.escape(
-        f"{m.method} circuit of {m.model}: {n_nodes} nodes, "
-        f"{n_edges} edges ({threshold}; {m.n_examples} examples)")
+    return (f"{m.method} circuit of {m.model}: {n_nodes} nodes, "
+            f"{n_edges} edges ({threshold}; {m.n_examples} examples)")
+
+
+def _legend(m: CircuitMeta, n_nodes: int, n_edges: int) -> str:
+    heading = html.escape(title(m, n_nodes, n_edges))
     blue, red = _rgb(BLUE, 1.0), _rgb(RED, 1.0)
     return (
         '<TABLE BORDER="0" CELLSPACING="4"><TR>'
-        f'<TD COLSPAN="6"><B>{title}</B></TD></TR><TR>'
+        f'<TD COLSPAN="6"><B>{heading}</B></TD></TR><TR>'
         f'<TD BGCOLOR="{blue}" WIDTH="14"> </TD><TD ALIGN="LEFT">positive effect / weight</TD>'
         f'<TD BGCOLOR="{red}" WIDTH="14"> </TD><TD ALIGN="LEFT">negative</TD>'
         '<TD ALIGN="LEFT">ellipse: feature (its index) · box: error node · '
