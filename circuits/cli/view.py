@@ -62,6 +62,9 @@ def run(args: argparse.Namespace) -> None:
 
 def page_of(run: Path) -> Path:
     """The circuit.html to show for RUN, built in a temporary folder if RUN has none."""
+    if not run.exists():
+        raise UsageError(f"nothing at {run}; pass a run directory, its circuit.html or a "
+                         "circuit.json")
     if run.is_dir():
         if (run / "circuit.html").is_file():
             return run / "circuit.html"
@@ -70,8 +73,6 @@ def page_of(run: Path) -> Path:
             raise UsageError(f"{run} holds neither circuit.html nor circuit.json; pass the "
                              "directory `circuits discover` wrote")
     elif run.suffix == ".html":
-        if not run.is_file():
-            raise UsageError(f"no page at {run}; pass a run directory or a circuit.json")
         return run
     else:
         source = run
