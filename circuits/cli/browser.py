@@ -75,8 +75,9 @@ class Browser:
             "--hide-scrollbars", "--mute-audio", f"--user-data-dir={self._profile}",
             f"--window-size={width},{height}", "about:blank",
         ]
-        if os.geteuid() == 0:
-            flags.insert(0, "--no-sandbox")  # Chromium refuses to run its sandbox as root
+        # without its sandbox: Chromium refuses it as root, and containers often lack what it
+        # needs; this browser only ever opens pages this toolkit wrote
+        flags.insert(0, "--no-sandbox")
         # a Python trampoline puts the two pipe ends at descriptors 3 and 4, then becomes
         # Chromium (dash, /bin/sh on Debian, cannot redirect descriptors above 9)
         self._process = subprocess.Popen(

@@ -116,6 +116,7 @@
   }
 
   function draw() {
+    const t0 = performance.now();
     ctx.save();
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     ctx.clearRect(0, 0, canvas.width, canvas.height);
@@ -124,23 +125,36 @@
     data.rows.forEach((r, k) => {
       if (r.top !== null && k % 2 === 0) ctx.fillRect(0, r.top, data.width, r.bottom - r.top);
     });
-    const focus = path ? path.edges : state.hovered >= 0 ? hoverEdges(state.hovered) : null;
-    let count = 0;
-    for (let i = 0; i < state.edgeCut; i++) if (visible(i)) count++;
-    const faint = count <= 500 ? 0.25 : 0.08; // many edges: the weak ones recede (as render)
-    const batches = [];
-    for (let k = 0; k < 2 * LEVELS; k++) batches.push(new Path2D());
+    // each shown edge is drawn strong (an edge of the hovered or selected node), plain (on a
+    // path through the selected node, or everything when no node is), or dim (the rest)
+    const focus = state.selected >= 0 ? state.selected : state.hovered;
+    const STRONG = 2, PLAIN = 1;
+    let count = 0, plain = 0;
+    const kind = new Uint8Array(state.edgeCut);
+    for (let i = 0; i < state.edgeCut; i++) {
+      if (!visible(i)) continue;
+      count++;
+      const e = edges[i];
+      kind[i] = focus < 0 ? PLAIN : e[0] === focus || e[1] === focus ? STRONG
+        : path && path.edges[i] ? PLAIN : 0;
+      if (kind[i] === PLAIN) plain++;
+    }
+    const faint = plain <= 500 ? 0.25 : 0.08; // many edges: the weak ones recede (as render)
+    const batches = [[], [], []].map(() => []);
+    for (const k of [PLAIN, STRONG]) {
+      for (let b = 0; b < 2 * LEVELS; b++) batches[k].push(new Path2D());
+    }
     const dim = new Path2D();
     for (let i = 0; i < state.edgeCut; i++) {
       if (!visible(i)) continue;
       const e = edges[i], s = nodes[e[0]], t = nodes[e[1]];
-      if (focus && !focus[i]) {
+      if (!kind[i]) {
         dim.moveTo(s.x, s.y);
         dim.lineTo(t.x, t.y);
         continue;
       }
       const level = Math.min(LEVELS - 1, Math.floor((Math.abs(e[2]) / topWeight) * LEVELS));
-      const b = batches[(e[2] > 0 ? 0 : LEVELS) + level];
+      const b = batches[kind[i]][(e[2] > 0 ? 0 : LEVELS) + level];
       b.moveTo(s.x, s.y);
       b.lineTo(t.x, t.y);
     }
@@ -148,24 +162,19 @@
     ctx.strokeStyle = "rgba(120,120,120,0.07)";
     ctx.lineWidth = 0.6;
     ctx.stroke(dim);
-    for (let k = 0; k < 2 * LEVELS; k++) {
-      const level = k % LEVELS, t = (level + 0.5) / LEVELS;
-      const alpha = focus ? 0.35 + 0.65 * t : faint + (1 - faint) * t;
-      ctx.globalAlpha = alpha;
-      ctx.strokeStyle = k < LEVELS ? data.colors.positive : data.colors.negative;
-      ctx.lineWidth = 0.3 + 4.7 * t;
-      ctx.stroke(batches[k]);
+    for (const k of [PLAIN, STRONG]) {
+      for (let b = 0; b < 2 * LEVELS; b++) {
+        const t = ((b % LEVELS) + 0.5) / LEVELS;
+        ctx.globalAlpha = k === STRONG ? 0.55 + 0.45 * t : faint + (1 - faint) * t;
+        ctx.strokeStyle = b < LEVELS ? data.colors.positive : data.colors.negative;
+        ctx.lineWidth = (k === STRONG ? 0.8 : 0.3) + 4.7 * t;
+        ctx.stroke(batches[k][b]);
+      }
     }
     ctx.globalAlpha = 1;
     state.visibleEdges = count;
     updateCounts();
-  }
-
-  function hoverEdges(i) {
-    const mark = new Uint8Array(E);
-    for (const j of incoming[i]) mark[j] = 1;
-    for (const j of outgoing[i]) mark[j] = 1;
-    return mark;
+    state.drawMs = performance.now() - t0; // for the tests' report
   }
 
   // ---- thresholds -------------------------------------------------------------------------
@@ -270,6 +279,7 @@
   }
 
   function select(i) {
+    const t0 = performance.now();
     state.selected = i;
     path = i >= 0 ? paths(i) : null;
     mark();
@@ -280,6 +290,7 @@
       history.replaceState(null, "", hash === " " ? location.pathname : hash);
     } catch (err) { /* some browsers refuse it for file: pages; the hash is a convenience */ }
     schedule();
+    state.selectMs = performance.now() - t0; // paths and panel; the drawing follows
   }
 
   // ---- the panel ----------------------------------------------------------------------------
