@@ -140,8 +140,7 @@ def view_data(circuit: Circuit, features: dict[str, Any] | None = None) -> dict[
     corpus = (features or {}).get("corpus")
     return {
         "title": render.title(meta, circuit.n_nodes, circuit.n_edges),
-        "features": contexts, "corpus": corpus, "k": (features or {}).get("k"),
-        "hasFeatures": features is not None,
+        "features": contexts, "corpus": corpus, "hasFeatures": features is not None,
         "width": math.ceil(width), "height": math.ceil(height),
         "nodes": nodes, "edges": edges, "rows": rows, "columns": columns,
         "colors": {"positive": _hex(render.BLUE), "negative": _hex(render.RED)},

@@ -180,9 +180,14 @@
   // ---- thresholds -------------------------------------------------------------------------
   // slider 0: everything; 1..SLIDER: log-spaced from the smallest to the largest magnitude
   function scale(values) {
-    const finite = values.filter((v) => v > 0);
-    const hi = finite.length ? Math.max(...finite) : 1;
-    const lo = finite.length ? Math.min(...finite) : hi;
+    let lo = Infinity, hi = 0;
+    for (const v of values) {
+      if (v > 0) {
+        lo = Math.min(lo, v);
+        hi = Math.max(hi, v);
+      }
+    }
+    if (hi === 0) lo = hi = 1;
     return {
       at: (s) => (s <= 0 ? 0 : lo * Math.pow(hi / Math.max(lo, hi * 1e-12), s / SLIDER)),
       step: (v) => (v <= lo ? 0 : Math.round((SLIDER * Math.log(v / lo)) / Math.log(hi / lo))),

@@ -38,7 +38,10 @@ def open_page(browser, path: Path, fragment: str = "") -> float:
     started = time.perf_counter()
     browser.open(path.resolve().as_uri() + fragment)
     browser.wait_for("window.circuitView && window.circuitView.ready")
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    errors = [e["params"] for e in browser.events if e["method"] == "Runtime.exceptionThrown"]
+    assert not errors, errors
+    return seconds
 
 
 def click_node(browser, node: str) -> float:

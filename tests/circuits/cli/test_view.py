@@ -74,6 +74,16 @@ def test_view_screenshot_draws_the_page(run, tmp_path, capsys):
     assert f"wrote {shot}" in capsys.readouterr().out
 
 
+def test_a_screenshot_without_chromium_says_how_to_get_it(run, monkeypatch, capsys):
+    from circuits.cli import view
+
+    monkeypatch.setattr(view, "find_chromium", lambda: None)
+    assert main(["view", str(run), "--screenshot", str(run / "x.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "needs Chromium" in err and "apt-get install chromium" in err
+    assert not (run / "x.png").exists()
+
+
 @pytest.mark.parametrize("argv, message", [
     (lambda t: ["view", str(t / "nowhere.html")], "nothing at"),
     (lambda t: ["view", str(t)], "holds neither circuit.html nor circuit.json"),
