@@ -89,8 +89,8 @@ def view_data(circuit: Circuit, features: dict[str, Any] | None = None) -> dict[
     if pinned.columns:
         ys.append(pinned.token_y)
     x0, y1 = min(xs), max(ys)
-    px = lambda x: round((x - x0) * PX + MARGIN, 1)  # noqa: E731
-    py = lambda y: round((y1 - y) * PX + MARGIN, 1)  # noqa: E731  (y down)
+    px = lambda x: round((x - x0) * PX + MARGIN, 1)
+    py = lambda y: round((y1 - y) * PX + MARGIN, 1)  # y downward
 
     effects = [abs(a["effect"]) for _, a in graph.nodes(data=True) if a["role"] != "metric"]
     top = max(effects, default=0.0) or 1.0

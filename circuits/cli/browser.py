@@ -163,12 +163,14 @@ class Browser:
 
     # ---- what a test or a screenshot needs ---------------------------------------------------
     def open(self, url: str) -> None:
-        """Navigate the page and wait for its load event."""
+        """Navigate the page and wait for its load event (none comes for a change of the
+        fragment only, which loads nothing)."""
         self.events.clear()
         answer = self.call("Page.navigate", url=url)
         if answer.get("errorText"):
             raise BrowserError(f"cannot open {url}: {answer['errorText']}")
-        self.wait_event("Page.loadEventFired")
+        if answer.get("loaderId"):  # absent for a navigation within the same document
+            self.wait_event("Page.loadEventFired")
 
     def evaluate(self, expression: str) -> Any:
         """The value of a JavaScript expression in the page (a promise is awaited)."""

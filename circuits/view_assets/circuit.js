@@ -189,8 +189,9 @@
     }
     if (hi === 0) lo = hi = 1;
     return {
-      at: (s) => (s <= 0 ? 0 : lo * Math.pow(hi / Math.max(lo, hi * 1e-12), s / SLIDER)),
-      step: (v) => (v <= lo ? 0 : Math.round((SLIDER * Math.log(v / lo)) / Math.log(hi / lo))),
+      at: (s) => (s <= 0 ? 0 : lo * Math.pow(hi / lo, s / SLIDER)),
+      step: (v) => (v <= lo || hi === lo ? 0
+        : Math.round((SLIDER * Math.log(v / lo)) / Math.log(hi / lo))),
     };
   }
   const nodeScale = scale(nodes.filter((n) => n.role !== "metric").map((n) => Math.abs(n.effect)));
@@ -290,9 +291,10 @@
     mark();
     if (i >= 0) showPanel(i);
     else clearPanel();
-    const hash = i >= 0 ? `#node=${encodeURIComponent(nodes[i].id)}` : " ";
+    const url = i >= 0 ? `#node=${encodeURIComponent(nodes[i].id)}`
+      : location.pathname + location.search;
     try {
-      history.replaceState(null, "", hash === " " ? location.pathname : hash);
+      history.replaceState(null, "", url); // the address selects this node when reopened
     } catch (err) { /* some browsers refuse it for file: pages; the hash is a convenience */ }
     schedule();
     state.selectMs = performance.now() - t0; // paths and panel; the drawing follows
@@ -498,12 +500,16 @@
   setNodeThreshold();
   setEdgeThreshold();
   fit();
-  const wanted = location.hash.startsWith("#node=")
-    ? byId.get(decodeURIComponent(location.hash.slice(6))) : undefined;
-  if (wanted !== undefined) {
-    select(wanted);
-    reveal(wanted);
+  function selectFromAddress() { // "#node=resid_2/31" selects that node
+    const wanted = location.hash.startsWith("#node=")
+      ? byId.get(decodeURIComponent(location.hash.slice(6))) : undefined;
+    if (wanted !== undefined && wanted !== state.selected) {
+      select(wanted);
+      reveal(wanted);
+    }
   }
+  selectFromAddress();
+  window.addEventListener("hashchange", selectFromAddress);
   window.circuitView = { nodes: N, edges: E, initMs: performance.now() - started, select,
                          byId, state };
   requestAnimationFrame(() => { window.circuitView.ready = true; });

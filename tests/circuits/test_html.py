@@ -173,8 +173,16 @@ def test_a_click_highlights_the_paths_through_the_node(browser, small):
 
     through = nx.ancestors(graph, node) | nx.descendants(graph, node) | {node}
     assert selected == node and dim == set(graph) - through and dim
+    fragment = browser.evaluate("location.hash")
     browser.evaluate("document.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape'}))")
     assert browser.evaluate("document.querySelectorAll('#graph .node.dim').length") == 0
+    browser.open("about:blank")
+    open_page(browser, path, fragment)  # the address of a selection selects it on opening
+    assert browser.evaluate("document.querySelector('#panel .node-id').textContent") == node
+    assert browser.evaluate("document.querySelectorAll('#graph .node.dim').length") == len(dim)
+    other = next(n for n in graph if n not in (node, "metric"))
+    browser.evaluate(f"location.hash = '#node={other}'")  # and when the address changes
+    browser.wait_for(f"document.querySelector('#panel .node-id').textContent === '{other}'")
 
 
 def test_the_sliders_change_what_is_shown(browser, small):
