@@ -19,6 +19,7 @@ from __future__ import annotations
 import html
 import shutil
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import networkx as nx
@@ -56,8 +57,20 @@ def to_svg(graph: nx.DiGraph, meta: CircuitMeta, path: str | Path) -> Path:
     return path
 
 
-def to_dot(graph: nx.DiGraph, meta: CircuitMeta) -> str:
-    """Graphviz source with every node pinned at its place (render with neato)."""
+@dataclass(frozen=True)
+class Layout:
+    """Where render puts everything, in inches, y upward (Graphviz's convention)."""
+
+    xy: dict[str, tuple[float, float]]  # node id -> its centre (the metric's too)
+    rows: dict[str, float]  # site -> y of its band's first line (sites with nodes only)
+    left: float  # x of the row labels
+    columns: list[tuple[float, str]]  # (x, token) per position: per-position circuits
+    token_y: float  # y of the token labels
+
+
+def layout(graph: nx.DiGraph, meta: CircuitMeta) -> Layout:
+    """Pin every node: a band per site in model order (embed at the bottom, wrapped when long),
+    the metric above, one column per position when positions are kept."""
     nodes = [(n, a) for n, a in graph.nodes(data=True) if a["role"] != "metric"]
     per_position = meta.per_position
     sites = [s for s in meta.sites if any(a["site"] == s for _, a in nodes)]
@@ -99,6 +112,16 @@ def to_dot(graph: nx.DiGraph, meta: CircuitMeta) -> str:
     left, right = min(xs) - 1.4 * NODE_W, max(xs)
     if "metric" in graph:
         xy["metric"] = ((left + 1.4 * NODE_W + right) / 2, y)
+    columns = ([(starts[q] + (width[q] - 1) * NODE_W / 2, token)
+                for q, token in enumerate(meta.tokens)] if per_position and meta.tokens else [])
+    return Layout(xy, band_y, left, columns, -0.7)
+
+
+def to_dot(graph: nx.DiGraph, meta: CircuitMeta) -> str:
+    """Graphviz source with every node pinned at its place (render with neato)."""
+    nodes = [(n, a) for n, a in graph.nodes(data=True) if a["role"] != "metric"]
+    pinned = layout(graph, meta)
+    xy, left = pinned.xy, pinned.left
 
     effects = [abs(a["effect"]) for _, a in nodes if a["effect"] is not None]
     top_effect = max(effects, default=0.0) or 1.0
@@ -113,19 +136,16 @@ def to_dot(graph: nx.DiGraph, meta: CircuitMeta) -> str:
         '  node [fontname=Helvetica, fontsize=9, style=filled, penwidth=0.6];',
         '  edge [arrowsize=0.4];',
     ]
-    for s in sites:  # row labels
+    for s, y in pinned.rows.items():  # row labels
         out.append(f'  {_q("row:" + s)} [class=decoration, shape=plaintext, style="", '
-                   f'label={_q(s)}, fontsize=11, pos="{left:.3f},{band_y[s]:.3f}!"];')
+                   f'label={_q(s)}, fontsize=11, pos="{left:.3f},{y:.3f}!"];')
     if "metric" in graph:
         x, ym = xy["metric"]
         out.append(f'  {_q("row:metric")} [class=decoration, shape=plaintext, style="", '
                    f'label="metric", fontsize=11, pos="{left:.3f},{ym:.3f}!"];')
-    tokens = meta.tokens
-    if per_position and tokens:
-        for q, token in enumerate(tokens):
-            x = starts[q] + (width[q] - 1) * NODE_W / 2
-            out.append(f'  {_q(f"token:{q}")} [class=decoration, shape=plaintext, style="", '
-                       f'label={_q(_show(token))}, fontsize=11, pos="{x:.3f},{-0.7:.3f}!"];')
+    for q, (x, token) in enumerate(pinned.columns):
+        out.append(f'  {_q(f"token:{q}")} [class=decoration, shape=plaintext, style="", '
+                   f'label={_q(_show(token))}, fontsize=11, pos="{x:.3f},{pinned.token_y:.3f}!"];')
     for n, a in graph.nodes(data=True):
         out.append("  " + _node(n, a, xy[n], top_effect))
     faint = 0.25 if len(weights) <= 500 else 0.08  # many edges: the weak ones recede
@@ -138,36 +158,58 @@ def to_dot(graph: nx.DiGraph, meta: CircuitMeta) -> str:
     return "\n".join(out) + "\n"
 
 
+@dataclass(frozen=True)
+class NodeStyle:
+    """How a feature, error or component node is drawn."""
+
+    fill: str  # #rrggbb: white towards blue (+) or red (-) with |effect|
+    size: float  # width in inches (height: 0.7 of it), larger with |effect|
+    box: bool  # error and component nodes are boxes, features ellipses
+    label: str  # the feature index, "err", or the component's site
+    dark: bool  # a dark fill: write the label in white
+
+
+def node_style(a: dict, top: float) -> NodeStyle:
+    """The style of a node with attributes ``a``, the largest |effect| being ``top``."""
+    t = min(1.0, abs(a["effect"]) / top)
+    return NodeStyle(
+        fill=_rgb(BLUE if a["effect"] >= 0 else RED, t ** 0.5), size=0.3 + 0.35 * t ** 0.5,
+        box=a["role"] in ("error", "component"),
+        label={"error": "err", "component": a["site"]}.get(a["role"], str(a["feature"])),
+        dark=t > 0.5)
+
+
 def _node(n: str, a: dict, xy: tuple[float, float], top: float) -> str:
     x, y = xy
     if a["role"] == "metric":
         return (f'{_q(n)} [class=circuit, shape=doubleoctagon, label="metric", fillcolor="#eeeeee",'
                 f' fontsize=11, pos="{x:.3f},{y:.3f}!"];')
-    t = min(1.0, abs(a["effect"]) / top)
-    fill = _rgb(BLUE if a["effect"] >= 0 else RED, t ** 0.5)
-    size = 0.3 + 0.35 * t ** 0.5
-    shape = "box" if a["role"] in ("error", "component") else "ellipse"
-    label = {"error": "err", "component": a["site"]}.get(a["role"], str(a["feature"]))
+    style = node_style(a, top)
     where = "" if a["position"] is None else f" @ pos {a['position']}"
     tip = f"{a['site']} {a['role']} {a['index']}{where}: effect {a['effect']:.4g}"
-    return (f'{_q(n)} [class=circuit, shape={shape}, label={_q(label)}, fillcolor="{fill}", '
-            f'fontcolor="{"white" if t > 0.5 else "black"}", width={size:.2f}, '
-            f'height={size * 0.7:.2f}, fixedsize=true, tooltip={_q(tip)}, '
+    return (f'{_q(n)} [class=circuit, shape={"box" if style.box else "ellipse"}, '
+            f'label={_q(style.label)}, fillcolor="{style.fill}", '
+            f'fontcolor="{"white" if style.dark else "black"}", width={style.size:.2f}, '
+            f'height={style.size * 0.7:.2f}, fixedsize=true, tooltip={_q(tip)}, '
             f'pos="{x:.3f},{y:.3f}!"];')
 
 
-def _legend(m: CircuitMeta, n_nodes: int, n_edges: int) -> str:
+def title(m: CircuitMeta, n_nodes: int, n_edges: int) -> str:
+    """'relp circuit of organism: 113 nodes, 1504 edges (|effect| ≥ 0.01; 100 examples)'."""
     threshold = (f"top {m.top_k} nodes" if m.top_k is not None
                  else f"|effect| ≥ {m.node_threshold or 0:.3g}")
     if m.edges and m.edge_threshold is not None:
         threshold += f", |edge| ≥ {m.edge_threshold:.3g}"
-    title = html.escape(
-        f"{m.method} circuit of {m.model}: {n_nodes} nodes, "
-        f"{n_edges} edges ({threshold}; {m.n_examples} examples)")
+    return (f"{m.method} circuit of {m.model}: {n_nodes} nodes, "
+            f"{n_edges} edges ({threshold}; {m.n_examples} examples)")
+
+
+def _legend(m: CircuitMeta, n_nodes: int, n_edges: int) -> str:
+    heading = html.escape(title(m, n_nodes, n_edges))
     blue, red = _rgb(BLUE, 1.0), _rgb(RED, 1.0)
     return (
         '<TABLE BORDER="0" CELLSPACING="4"><TR>'
-        f'<TD COLSPAN="6"><B>{title}</B></TD></TR><TR>'
+        f'<TD COLSPAN="6"><B>{heading}</B></TD></TR><TR>'
         f'<TD BGCOLOR="{blue}" WIDTH="14"> </TD><TD ALIGN="LEFT">positive effect / weight</TD>'
         f'<TD BGCOLOR="{red}" WIDTH="14"> </TD><TD ALIGN="LEFT">negative</TD>'
         '<TD ALIGN="LEFT">ellipse: feature (its index) · box: error node · '

@@ -1,6 +1,6 @@
-"""``circuits discover``: node scores, the circuit with its edges, SVG, JSON, a summary, and
-faithfulness/completeness on held-out pairs. Edges are computed by `build` with the library's
-edge method for the node method, or --edge-method."""
+"""``circuits discover``: node scores, the circuit with its edges, SVG, JSON, the interactive
+view (circuit.html), a summary, and faithfulness/completeness on held-out pairs. Edges are
+computed by `build` with the library's edge method for the node method, or --edge-method."""
 
 from __future__ import annotations
 
@@ -30,13 +30,14 @@ from circuits.cli.common import (
 )
 from circuits.cli.notes import recorded_warnings
 from circuits.cli.rundir import run_dir
+from circuits.html import write_html
 from circuits.methods import EDGE_METHODS, METHODS
 from circuits.top import top_nodes
 from evaluation import completeness, faithfulness, node_means
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    d = sub.add_parser("discover", help="scores, circuit, SVG, JSON and a summary")
+    d = sub.add_parser("discover", help="scores, circuit, SVG, HTML view, JSON and a summary")
     add_common(d)
     d.add_argument("--method", default="relp", help=f"one of {', '.join(METHODS)} (relp)")
     d.add_argument("--node-threshold", type=float, default=None,
@@ -141,5 +142,6 @@ def run(args: argparse.Namespace) -> None:
         print(f"\n{'node':<32} {'score':>10}")
         for node in ranked:
             print(f"{node.label:<32} {node.score:>10.4f}")
-        print(f"\nfiles: scores.safetensors circuit.json {Path(svg).name} summary.json "
-              "top_nodes.json")
+        page = write_html(target.work)  # from the files written above
+        print(f"\nfiles: scores.safetensors circuit.json {Path(svg).name} {page.name} "
+              "summary.json top_nodes.json")

@@ -42,3 +42,16 @@ def spliced_nodes(model: SplicedModel, tokens: torch.Tensor) -> dict[str, SiteNo
     with torch.no_grad():
         model.logits(tokens, record=record)
     return record
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the HTML view's tests (circuits/cli/browser.py); skipped where
+    none is installed (CI installs Debian's chromium through scripts/setup.sh)."""
+    from circuits.cli.browser import Browser, find_chromium
+
+    if find_chromium() is None:
+        pytest.skip("Chromium not found on PATH (scripts/setup.sh installs Debian's chromium; "
+                    "$CHROMIUM names another): the HTML view's browser tests need it")
+    with Browser(width=1400, height=900) as b:
+        yield b

@@ -29,8 +29,10 @@ def discovered(tmp_path_factory):
 
 def test_discover_writes_a_complete_run(discovered):
     files = {p.name for p in discovered.iterdir()}
-    assert {"scores.safetensors", "circuit.json", "circuit.svg", "summary.json", "run.json",
-            "top_nodes.json"} <= files
+    assert {"scores.safetensors", "circuit.json", "circuit.svg", "circuit.html", "summary.json",
+            "run.json", "top_nodes.json"} <= files
+    listed = json.loads((discovered / "run.json").read_text())["files"]
+    assert set(listed) == files - {"run.json"}  # circuit.html among the run's own files
     summary = json.loads((discovered / "summary.json").read_text())
     circuit = Circuit.load(discovered / "circuit.json")
     scores = Scores.load(discovered / "scores.safetensors")
@@ -65,6 +67,14 @@ def test_render_draws_one_svg_node_per_circuit_node(discovered, tmp_path):
     titles = {g.findtext("svg:title", namespaces=ns) for g in svg.iterfind(".//svg:g", ns)
               if "node" in (g.get("class") or "").split()}
     assert set(circuit.graph.nodes) <= titles
+
+
+def test_the_interactive_view_has_one_element_per_circuit_node(discovered, browser):
+    circuit = Circuit.load(discovered / "circuit.json")
+    browser.open((discovered / "circuit.html").resolve().as_uri())
+    browser.wait_for("window.circuitView && window.circuitView.ready")
+    ids = browser.evaluate("[...document.querySelectorAll('#graph .node')].map(g => g.dataset.id)")
+    assert ids == list(circuit.graph.nodes) and len(ids) == circuit.n_nodes + 1  # + the metric
 
 
 def test_sweep_writes_csv_and_plots(tmp_path):
