@@ -91,6 +91,20 @@ class Dictionary(nn.Module):
             return torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
         return pre.relu()
 
+    def encode_features(self, x: Tensor, features: Tensor) -> Tensor:
+        """[..., d_in] -> [..., len(features)]: ``encode(x)[..., features]``, computing only those
+        columns of W_enc (a TopK dictionary ranks all features, so it encodes them all)."""
+        if self.identity:
+            return x[..., features]
+        if self.k is not None:
+            return self.encode(x)[..., features]
+        if self.apply_b_dec_to_input:
+            x = x - self.b_dec
+        pre = x @ self.W_enc[:, features] + self.b_enc[features]  # [..., n]
+        if self.threshold is not None:
+            return pre * (pre > self.threshold[features])
+        return pre.relu()
+
     def decode(self, f: Tensor) -> Tensor:
         """[..., d_sae] -> [..., d_in] reconstruction."""
         if self.identity:
