@@ -9,6 +9,8 @@ Layout (every node pinned, so the picture reads like the model):
 - node fill colour by sign (blue +, red −) and size of the effect, size by |effect|; error nodes
   are boxes, features ellipses, the metric an octagon;
 - edge width by |weight|, colour by sign, more opaque when larger; edges drawn under nodes;
+- a feature's label (circuits/labels.py), shortened to LABEL_CHARS, under its index (in full
+  in the tooltip); a feature with a Neuronpedia page links to it (the node is an SVG link);
 - a legend (the graph label) with the method, model and thresholds.
 Circuit nodes carry the SVG class "circuit" (row and token labels "decoration"), so a reader
 of the SVG can tell them apart. Without the Graphviz binaries the .dot source is still written.
@@ -30,6 +32,7 @@ LINE_H = 0.7  # inches between wrapped lines of one site's row
 BAND_GAP = 0.55  # inches between site bands
 MAX_PER_LINE = 24  # nodes per line before a site's row wraps (position-summed circuits)
 MAX_PER_CELL = 6  # nodes per line of one (site, position) cell before it wraps
+LABEL_CHARS = 14  # a label longer than this is cut, with "…", under the node's index
 BLUE, RED = (33, 102, 172), (178, 24, 43)
 INSTALL = ("install Graphviz for SVG output: `apt-get install graphviz` (Debian/Ubuntu), "
            "`brew install graphviz` (macOS), `conda install -c conda-forge graphviz`, or "
@@ -147,12 +150,20 @@ def _node(n: str, a: dict, xy: tuple[float, float], top: float) -> str:
     fill = _rgb(BLUE if a["effect"] >= 0 else RED, t ** 0.5)
     size = 0.3 + 0.35 * t ** 0.5
     shape = "box" if a["role"] in ("error", "component") else "ellipse"
-    label = {"error": "err", "component": a["site"]}.get(a["role"], str(a["feature"]))
+    text = {"error": "err", "component": a["site"]}.get(a["role"], str(a["feature"]))
     where = "" if a["position"] is None else f" @ pos {a['position']}"
     tip = f"{a['site']} {a['role']} {a['index']}{where}: effect {a['effect']:.4g}"
-    return (f'{_q(n)} [class=circuit, shape={shape}, label={_q(label)}, fillcolor="{fill}", '
+    label, fixed = _q(text), "true"
+    if a.get("label"):  # may be wider than the node: drawn beyond it, without a warning
+        fixed = "shape"
+        tip += f" — {a['label']}"
+        short = a["label"] if len(a["label"]) <= LABEL_CHARS else a["label"][:LABEL_CHARS - 1] + "…"
+        label = (f'<{html.escape(text)}<BR/><FONT POINT-SIZE="7">{html.escape(short)}'
+                 '</FONT>>')
+    link = f'URL={_q(a["neuronpedia"])}, target="_blank", ' if a.get("neuronpedia") else ""
+    return (f'{_q(n)} [class=circuit, shape={shape}, label={label}, fillcolor="{fill}", '
             f'fontcolor="{"white" if t > 0.5 else "black"}", width={size:.2f}, '
-            f'height={size * 0.7:.2f}, fixedsize=true, tooltip={_q(tip)}, '
+            f'height={size * 0.7:.2f}, fixedsize={fixed}, tooltip={_q(tip)}, {link}'
             f'pos="{x:.3f},{y:.3f}!"];')
 
 

@@ -14,7 +14,8 @@ Where it came from travels with it: ``release`` and ``sae_id`` (what
 ``sae_lens.SAE.from_pretrained(release, sae_id)`` loads; None for dictionaries not loaded by
 release) and ``neuronpedia_id`` (sae_lens' directory entry, e.g.
 ``gemma-3-270m/12-gemmascope-2-res-16k``; None where it lists none). ``neuronpedia_ids`` and
-``sources`` read them off any ``{site: Dictionary}`` mapping, e.g. ``model.dictionaries``.
+``sources`` read them off any ``{site: Dictionary}`` mapping, e.g. ``model.dictionaries``;
+``neuronpedia_url(id, feature)`` is a feature's page, https://www.neuronpedia.org/{id}/{feature}.
 """
 
 from __future__ import annotations
@@ -157,6 +158,15 @@ class Dictionary(nn.Module):
         return cls(
             eye, zeros, eye.clone(), zeros.clone(), apply_b_dec_to_input=False, identity=True
         )
+
+
+NEURONPEDIA = "https://www.neuronpedia.org"
+
+
+def neuronpedia_url(neuronpedia_id: str, feature: int) -> str:
+    """The Neuronpedia page of feature ``feature`` of the dictionary ``neuronpedia_id``, e.g.
+    https://www.neuronpedia.org/pythia-70m-deduped/0-res-sm/123."""
+    return f"{NEURONPEDIA}/{neuronpedia_id}/{feature}"
 
 
 def neuronpedia_ids(dictionaries: Mapping[str, Dictionary]) -> dict[str, str]:
