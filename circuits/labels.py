@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,22 +76,28 @@ def _json_rows(path: Path, text: str) -> list[tuple[str, dict]]:
     return [(f"{path} item {i}", item) for i, item in enumerate(data)]
 
 
+def check_labels(labels: list[Label], d_sae: Mapping[str, int], what: str = "circuit") -> None:
+    """Each row names a site of ``d_sae`` (site -> its dictionary's width) and a feature below
+    that width; else a ValueError naming the row. ``what`` names whose sites they are."""
+    if not d_sae and labels:
+        raise ValueError(f"{labels[0].row}: the {what} has no features (a model without "
+                         "dictionaries); there is nothing to label")
+    for label in labels:
+        if label.site not in d_sae:
+            raise ValueError(f"{label.row}: site {label.site!r} is not one of the {what}'s "
+                             f"sites {list(d_sae)}")
+        if label.feature >= d_sae[label.site]:
+            raise ValueError(f"{label.row}: feature {label.feature} is outside the dictionary "
+                             f"of site {label.site!r} (features 0 to {d_sae[label.site] - 1})")
+
+
 def apply_labels(circuit: Circuit, labels: list[Label]) -> int:
     """Set ``label`` on the circuit's nodes of each labelled feature; returns how many nodes got
     one. A row naming a site the circuit does not score, or a feature outside its dictionary, is
-    an error (checked for every row before any label is set)."""
+    an error (`check_labels`, for every row before any label is set)."""
     meta = circuit.meta
-    if meta.components_only and labels:
-        raise ValueError(f"{labels[0].row}: the circuit has no features (a model without "
-                         "dictionaries); there is nothing to label")
-    for label in labels:
-        if label.site not in meta.site_shapes:
-            raise ValueError(f"{label.row}: site {label.site!r} is not one of the circuit's "
-                             f"sites {list(meta.sites)}")
-        d_sae = meta.site_shapes[label.site][-1] - 1
-        if label.feature >= d_sae:
-            raise ValueError(f"{label.row}: feature {label.feature} is outside site "
-                             f"{label.site!r}'s dictionary (features 0 to {d_sae - 1})")
+    check_labels(labels, {} if meta.components_only else
+                 {site: shape[-1] - 1 for site, shape in meta.site_shapes.items()})
     by_feature = {(label.site, label.feature): label.label for label in labels}
     labelled = 0
     for _, attrs in circuit.graph.nodes(data=True):

@@ -82,10 +82,15 @@ def _paragraphs(text: str) -> list[str]:
     return blocks
 
 
+def has_default_corpus(model_name: str) -> bool:
+    """Whether `default_corpus` makes a corpus for the model of this name (before loading it)."""
+    return model_name.partition("+")[0] == "organism"
+
+
 def default_corpus(model: SplicedModel, n_rows: int = ORGANISM_ROWS) -> Corpus | None:
     """The text ``model``'s dictionaries were trained on, if this machine can make it (the
     organism's grammar text), else None."""
-    if model.name.partition("+")[0] != "organism":
+    if not has_default_corpus(model.name):
         return None
     from saes.loader import ORGANISM_DIR
     from saes.organism.data import SAE_DATA_SEED_OFFSET, token_rows

@@ -61,8 +61,8 @@ def test_rows_the_circuit_cannot_have_are_errors_naming_the_row(circuit, tmp_pat
     with pytest.raises(ValueError, match=r"line 3: site 'mlp_7' is not one of the circuit's"):
         apply_labels(circuit, read_labels(path))
     path.write_text("site,feature,label\nresid_0,64,too far\n")
-    with pytest.raises(ValueError, match=r"line 2: feature 64 is outside site 'resid_0'.s "
-                                         r"dictionary \(features 0 to 63\)"):
+    with pytest.raises(ValueError, match=r"line 2: feature 64 is outside the dictionary of "
+                                         r"site 'resid_0' \(features 0 to 63\)"):
         apply_labels(circuit, read_labels(path))
     assert all(a["label"] is None for _, a in circuit.graph.nodes(data=True))  # none set
 
