@@ -137,3 +137,39 @@ def test_discover_with_labels_and_no_features(run, tmp_path):
     assert json.loads((out / "summary.json").read_text())["features"] == (
         "skipped (--no-features)")
     assert "subj" in {n["clerp"] for n in valid(out / "attribution-graph.json")["nodes"]}
+
+
+def test_pythia_features_link_to_neuronpedia_from_circuit_svg_and_export(pythia_cache, tmp_path,
+                                                                         capsys):
+    """The offline Pythia stand-in (sae_lens' directory gives the Marks dictionaries their
+    Neuronpedia ids): circuit.json and the SVG link each feature to its page, the export
+    carries them; `features` reloads the circuit's own dictionaries (by release/sae_id) and
+    needs --corpus, as Pythia's training text is not here."""
+    out = tmp_path / "pythia"
+    argv = ["discover", "--model", "pythia-70m-deduped", "--sites", "resid_1,mlp_2", "--task",
+            "simple", "--n", "4", "--eval-n", "4", "--top-k", "12", "--no-edges", "--quiet"]
+    assert main([*argv, "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["features"].startswith("skipped: no corpus is known")
+    circuit = Circuit.load(out / "circuit.json")
+    ids = {"resid_1": "pythia-70m-deduped/1-res-sm", "mlp_2": "pythia-70m-deduped/2-mlp-sm"}
+    features = [(n, a) for n, a in circuit.graph.nodes(data=True) if a["role"] == "feature"]
+    assert features
+    for _, a in features:
+        assert a["neuronpedia"] == f"https://www.neuronpedia.org/{ids[a['site']]}/{a['feature']}"
+    root = ET.parse(out / "circuit.svg").getroot()
+    hrefs = {a.get("{http://www.w3.org/1999/xlink}href") for a in root.iter(SVG + "a")}
+    assert {a["neuronpedia"] for _, a in features} <= hrefs
+    graph = valid(out / "attribution-graph.json")
+    assert graph["metadata"]["scan"] == "pythia-70m-deduped"
+    assert {n.get("vis_link") for n in graph["nodes"]} >= {a["neuronpedia"] for _, a in features}
+    capsys.readouterr()
+    assert main(["features", str(out), "--quiet"]) == 2
+    assert "pass --corpus FILE" in capsys.readouterr().err
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"text": "The keys to the cabinet are on the table."}\n'
+                      '{"text": "The parents near the school say the children are happy."}\n')
+    assert main(["features", str(out), "--corpus", str(corpus), "--quiet"]) == 0
+    found = FeatureContexts.load(out / "features.json")
+    assert list(found.features) == circuit_feature_keys(circuit)
+    assert found.corpus.n_documents == 2
