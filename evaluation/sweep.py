@@ -29,7 +29,7 @@ from circuits.scores import Scores
 from circuits.select import full_selection, select_nodes
 from evaluation.ablation import NodeMeans, ablated_metrics, node_means, prepare
 from evaluation.faithfulness import MIN_GAP, complement, count, ratio
-from evaluation.mib import integrated, mib_counts
+from evaluation.mib import MIB_FRACTIONS, integrated, mib_counts
 from saes.splice import SplicedModel
 from tasks.pairs import Dataset, PromptPair
 
@@ -159,15 +159,11 @@ def sweep(
 
 def _mib_curve(scores: Scores, unique: dict[bytes, int], selections: list
                ) -> tuple[list[float], list[int]]:
-    """The top-k circuits at MIB's node fractions of ``scores``: (x = fraction of the nodes each
-    keeps, index of each in ``selections``), appended there unless an equal one is."""
+    """The top-k circuits at MIB's node fractions of ``scores``: (the fractions, the index of
+    each circuit in ``selections``, appended there unless an equal one is)."""
     total = sum(v.numel() for v in scores.sites.values())
-    x, at = [], []
-    for k in mib_counts(total):
-        sel = select_nodes(scores, top_k=k)
-        x.append(count(sel) / total)
-        at.append(_index(sel, unique, selections))
-    return x, at
+    at = [_index(select_nodes(scores, top_k=k), unique, selections) for k in mib_counts(total)]
+    return list(MIB_FRACTIONS), at
 
 
 def _index(sel: dict[str, Tensor], unique: dict[bytes, int], out: list) -> int:

@@ -42,7 +42,8 @@ from evaluation import completeness, faithfulness, node_means
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    d = sub.add_parser("discover", help="scores, circuit, SVG, JSON and a summary")
+    d = sub.add_parser("discover", help="scores, circuit, feature contexts, SVG, export, JSON "
+                       "and a summary")
     add_common(d)
     d.add_argument("--method", default="relp", help=f"one of {', '.join(METHODS)} (relp)")
     d.add_argument("--node-threshold", type=float, default=None,

@@ -39,15 +39,16 @@ def test_mib_counts_round_down_as_mib_does():
 
 
 def test_sweep_cpr_and_cmd_integrate_faithfulness_at_mib_fractions(organism, test_set, relp):
-    """The cpr / cmd columns equal the trapezoids of the faithfulness a node-count sweep at
-    MIB's counts measures, x = nodes kept / all nodes; one value per method, on every row."""
+    """The cpr / cmd columns equal the trapezoids, over MIB's fractions, of the faithfulness a
+    node-count sweep at MIB's counts measures; one value per method, on every row."""
     total = sum(v.numel() for v in relp.sites.values())
     table = sweep(organism, relp, test_set, node_counts=[5, 50], progress=False)
     assert table["cpr"].nunique() == 1 and table["cmd"].nunique() == 1
     curve = sweep(organism, relp, test_set, node_counts=mib_counts(total), mib=False,
                   progress=False)
     assert curve["cpr"].isna().all()
-    cpr, cmd = integrated((curve["n_nodes"] / total).tolist(), curve["faithfulness"].tolist())
+    assert curve["n_nodes"].tolist() == mib_counts(total)
+    cpr, cmd = integrated(list(MIB_FRACTIONS), curve["faithfulness"].tolist())
     assert table["cpr"][0] == pytest.approx(cpr, abs=1e-6)
     assert table["cmd"][0] == pytest.approx(cmd, abs=1e-6)
     assert curve["faithfulness"].iloc[-1] == pytest.approx(1.0, abs=1e-4)  # 100 %: the model
