@@ -158,8 +158,10 @@ def _node(n: str, a: dict, xy: tuple[float, float], top: float) -> str:
         fixed = "shape"
         tip += f" — {a['label']}"
         short = a["label"] if len(a["label"]) <= LABEL_CHARS else a["label"][:LABEL_CHARS - 1] + "…"
-        label = (f'<{html.escape(text)}<BR/><FONT POINT-SIZE="7">{html.escape(short)}'
-                 '</FONT>>')
+        label = ('<<TABLE BORDER="0" CELLSPACING="0" CELLPADDING="0">'
+                 f'<TR><TD>{html.escape(text)}</TD></TR><TR><TD BGCOLOR="#ffffffd0">'
+                 f'<FONT POINT-SIZE="7" COLOR="black">{html.escape(short)}</FONT></TD></TR>'
+                 '</TABLE>>')  # dark on a light backdrop, over any fill and beyond the node
     link = f'URL={_q(a["neuronpedia"])}, target="_blank", ' if a.get("neuronpedia") else ""
     return (f'{_q(n)} [class=circuit, shape={shape}, label={label}, fillcolor="{fill}", '
             f'fontcolor="{"white" if t > 0.5 else "black"}", width={size:.2f}, '
