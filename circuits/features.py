@@ -169,8 +169,15 @@ def feature_contexts(
     """Density, largest activation and top-k contexts of ``features`` (a Circuit's, or site ->
     feature indices) over ``corpus``. ``reuse``: earlier contexts of the same corpus, k and
     window; the features it holds are taken from it, only the others are encoded."""
-    wanted = circuit_features(features) if isinstance(features, Circuit) else {
-        site: sorted({int(i) for i in indices}) for site, indices in features.items()}
+    if k < 1 or min(window) < 0:
+        raise ValueError(f"k must be >= 1 and the window's sizes >= 0, got k={k}, "
+                         f"window={window}")
+    window = (int(window[0]), int(window[1]))
+    if isinstance(features, Circuit):
+        _check_widths(model, features)
+        wanted = circuit_features(features)
+    else:
+        wanted = {site: sorted({int(i) for i in indices}) for site, indices in features.items()}
     _check_features(model, wanted)
     tokenizer = model.tokenizer
     limit = min(max_tokens, corpus.max_tokens or max_tokens,
@@ -179,8 +186,8 @@ def feature_contexts(
     info = CorpusInfo(corpus.name, n_documents, sum(len(c) for c in chunks))
     if not chunks:
         raise ValueError(f"corpus {corpus.name!r} tokenizes to no tokens; pass one with text")
-    out = FeatureContexts(info, k, tuple(window))  # type: ignore[arg-type]
-    if reuse is not None and (reuse.corpus, reuse.k, reuse.window) == (info, k, tuple(window)):
+    out = FeatureContexts(info, k, window)
+    if reuse is not None and (reuse.corpus, reuse.k, reuse.window) == (info, k, window):
         out.features = {key(s, i): reuse.features[key(s, i)] for s, idx in wanted.items()
                         for i in idx if key(s, i) in reuse.features}
     todo = {s: [i for i in idx if key(s, i) not in out.features] for s, idx in wanted.items()}
@@ -198,6 +205,15 @@ def feature_contexts(
     order = [key(s, i) for s, idx in wanted.items() for i in idx]
     out.features = {name: out.features[name] for name in order}
     return out
+
+
+def _check_widths(model: SplicedModel, circuit: Circuit) -> None:
+    """The circuit's sites have the widths of the model's dictionaries there."""
+    for site, shape in circuit.meta.site_shapes.items():
+        if site in model.dictionaries and shape[-1] - 1 != model.dictionaries[site].d_sae:
+            raise ValueError(f"the circuit's site {site!r} has {shape[-1] - 1} features, the "
+                             f"dictionary of {model.name} there {model.dictionaries[site].d_sae}"
+                             "; load the model with the circuit's dictionaries")
 
 
 def _check_features(model: SplicedModel, wanted: Mapping[str, Sequence[int]]) -> None:

@@ -129,6 +129,16 @@ def test_bad_input_names_the_feature_and_the_file(tiny, tmp_path):
         feature_contexts(tiny, {"attn_z_0": [1]}, corpus)
     with pytest.raises(ValueError, match="no tokens"):
         feature_contexts(tiny, {"resid_0": [1]}, Corpus("empty", ("",)))
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        feature_contexts(tiny, {"resid_0": [1]}, corpus, k=0)
+    data = tiny.tokenize(sva.generate("across_pp", 4, seed=1, tokenizer=tiny.tokenizer))
+    circuit = build(attribute(tiny, data, "atp", progress=False), top_k=10, edges=False)
+    neurons = SplicedModel(tiny.transformer, {s: Dictionary.identity_of(tiny.cfg.d_model)
+                                              for s in tiny.dictionaries},
+                           name="tiny+neurons", family="neox", prepend_bos=False)
+    with pytest.raises(ValueError, match="the circuit's site 'embed' has 64 features, the "
+                                         "dictionary of tiny.neurons there 32"):
+        feature_contexts(neurons, circuit, corpus)
     bad = tmp_path / "features.json"
     bad.write_text('{"format": "circuits.features/1", "corpus": {}}')
     with pytest.raises(ValueError, match="features.json: not a circuits.features/1 file"):
