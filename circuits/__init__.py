@@ -8,16 +8,24 @@ RelP* and column patching. Each reads one `AttributionContext` per batch (circui
 clean and patch runs, node deltas); the LRP rules of RelP are in circuits/lrp_rules.py, the
 attention recomputation AtP*, RelP* and column share in circuits/attention.py, the one node
 selection type and its validator in circuits/select.py.
+
+Reading a circuit: its features' top-activating contexts in a corpus (``feature_contexts`` ->
+``FeatureContexts``, circuits/features.py), a reader's labels (circuits/labels.py) and the
+attribution-graph export Neuronpedia's viewer opens (``to_attribution_graph``, circuits/export.py).
 """
 
 from circuits.attribute import attribute
 from circuits.circuit import Circuit, build
 from circuits.edges import EdgeScores, attribute_edges
+from circuits.export import to_attribution_graph
+from circuits.features import FeatureContexts, feature_contexts
+from circuits.labels import apply_labels, read_labels
 from circuits.methods import METHODS
 from circuits.scores import Scores
 from circuits.select import select_nodes
 
 __all__ = [
-    "METHODS", "Circuit", "EdgeScores", "Scores", "attribute", "attribute_edges", "build",
-    "select_nodes",
+    "METHODS", "Circuit", "EdgeScores", "FeatureContexts", "Scores", "apply_labels", "attribute",
+    "attribute_edges", "build", "feature_contexts", "read_labels", "select_nodes",
+    "to_attribution_graph",
 ]

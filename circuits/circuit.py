@@ -13,6 +13,9 @@ trip. Drawing is in circuits/render.py.
 Node ids: ``"{site}/{feature}"``, ``"{site}/err"`` (error node) or ``"{site}"`` (a component of
 a model without dictionaries), with ``"@{pos}"`` appended when positions are kept; the metric is
 ``"metric"``. Each node's ``role`` (`NodeRole`) says which: feature, error, component, metric.
+Every node also has ``label`` (a reader's name for a feature, circuits/labels.py; None until one
+is given) and ``neuronpedia`` (the feature's Neuronpedia page where its dictionary has an id in
+sae_lens' directory, else None).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from circuits.methods import EDGE_METHODS, METHODS
 from circuits.scores import Scores
 from circuits.select import count, select_nodes
 from circuits.types import Aggregation, NodeRole
+from saes.dictionary import neuronpedia_url
 from saes.splice import SplicedModel
 from tasks.pairs import Dataset, PromptPair
 
@@ -240,16 +244,20 @@ def build(
     for row, (site, mask) in enumerate(selection.items()):
         values = scores.sites[site].detach().cpu().flatten()
         layer = _layer(site)
+        page = scores.dictionaries.get(site, {}).get("neuronpedia")
         for flat in mask.flatten().nonzero()[:, 0].tolist():
             node_id, role, pos, index = _node(scores, site, flat)
+            feature = index if role == "feature" else None
             graph.add_node(
                 node_id, site=site, layer=layer, row=row, role=role, index=index,
-                feature=index if role == "feature" else None, position=pos,
-                effect=float(values[flat]),
+                feature=feature, position=pos, effect=float(values[flat]), label=None,
+                neuronpedia=None if page is None or feature is None
+                else neuronpedia_url(page, feature),
             )
     if edges is not None:
         graph.add_node(METRIC, site=METRIC, layer=None, row=len(scores.sites), role="metric",
-                       index=None, feature=None, position=None, effect=None)
+                       index=None, feature=None, position=None, effect=None, label=None,
+                       neuronpedia=None)
         for up, u_flat, down, d_flat, w in edges.edges():
             source = _node(scores, up, u_flat)[0]
             target = METRIC if d_flat is None else _node(scores, down, d_flat)[0]
@@ -266,6 +274,7 @@ def build(
         tokens=None if tokens is None else tuple(tokens), sites=tuple(scores.sites),
         site_shapes={k: tuple(v.shape) for k, v in scores.sites.items()},
         dictionaries={k: dict(v) for k, v in scores.dictionaries.items()},
+        prompt=_prompt(model, data),
     )
     return Circuit(graph, meta)
 
@@ -346,7 +355,16 @@ def _tokens(tokens, model, data, seq: int | None) -> list[str] | None:
     return None if tokens is None else [str(t) for t in tokens]
 
 
+def _prompt(model, data) -> tuple[str, ...] | None:
+    """The first clean prompt's tokens (its real length, no padding), given model and data."""
+    if model is None or not isinstance(data, Dataset) or len(data) == 0:
+        return None
+    ids = data.clean_tokens[0, : int(data.lengths[0])].tolist()
+    return tuple(str(model.tokenizer.decode([i])) for i in ids)
+
+
 NODE_KEYS = ("site", "role", "index", "feature", "position", "effect")  # what render reads
+OPTIONAL_TEXT = ("label", "neuronpedia")  # node attributes that are a string or null
 
 
 def _read_nodes(nodes: object, meta: CircuitMeta, *, old: bool
@@ -399,6 +417,9 @@ def _node_problem(node_id: str, attrs: dict[str, Any], meta: CircuitMeta) -> str
     effect = attrs["effect"]
     if not isinstance(effect, int | float) or isinstance(effect, bool):
         return f"has effect {effect!r}; it must be a number"
+    for name in OPTIONAL_TEXT:
+        if not isinstance(attrs.get(name), str | None):
+            return f"has {name} {attrs[name]!r}; it must be a string or null"
     base = {"component": site, "error": f"{site}/err"}.get(role, f"{site}/{index}")
     want = base if pos is None else f"{base}@{pos}"
     return None if node_id == want else f"has the wrong id: its site, index and position make "\

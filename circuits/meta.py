@@ -40,6 +40,9 @@ class CircuitMeta:
     # site -> where its dictionary came from: "source" (release/sae_id) and "neuronpedia" (id of
     # its Neuronpedia pages), where known (Scores.dictionaries); absent in older files
     dictionaries: dict[str, dict[str, str]] = field(default_factory=dict)
+    # the first clean prompt of the data it was built from, one string per token (what a view
+    # or an export shows as the prompt); None when built without data, absent in older files
+    prompt: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         check_choice("aggregation", self.aggregation, AGGREGATIONS)
@@ -52,6 +55,7 @@ class CircuitMeta:
         """The "meta" object of circuit.json (tuples as lists)."""
         out = asdict(self)
         out["tokens"] = None if self.tokens is None else list(self.tokens)
+        out["prompt"] = None if self.prompt is None else list(self.prompt)
         out["sites"] = list(self.sites)
         out["site_shapes"] = {k: list(v) for k, v in self.site_shapes.items()}
         return out
@@ -80,6 +84,8 @@ class CircuitMeta:
                 raise ValueError(f"circuit meta {name!r} is {_show(data[name])}; it must be {what}")
         values = {name: data[name] for name in names if name in data}
         values["tokens"] = None if values["tokens"] is None else tuple(values["tokens"])
+        if values.get("prompt") is not None:
+            values["prompt"] = tuple(values["prompt"])
         values["sites"] = tuple(values["sites"])
         values["site_shapes"] = {k: tuple(v) for k, v in values["site_shapes"].items()}
         values["options"] = dict(values["options"])
@@ -131,8 +137,9 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {  # field -> (check, wh
     "dictionaries": (lambda v: isinstance(v, dict) and all(
         isinstance(d, dict) and all(isinstance(x, str) for x in [*d, *d.values()])
         for d in v.values()), "an object of site -> {source, neuronpedia: strings}"),
+    "prompt": (lambda v: v is None or _strings(v), "a list of strings or null"),
 }
-_OPTIONAL = {"dictionaries"}  # keys a circuit.json of an earlier version lacks
+_OPTIONAL = {"dictionaries", "prompt"}  # keys a circuit.json of an earlier version lacks
 
 
 def _check_shapes(values: dict[str, Any]) -> None:

@@ -9,6 +9,8 @@ Layout (every node pinned, so the picture reads like the model):
 - node fill colour by sign (blue +, red −) and size of the effect, size by |effect|; error nodes
   are boxes, features ellipses, the metric an octagon;
 - edge width by |weight|, colour by sign, more opaque when larger; edges drawn under nodes;
+- a feature's label (circuits/labels.py), shortened to LABEL_CHARS, under its index (in full
+  in the tooltip); a feature with a Neuronpedia page links to it (the node is an SVG link);
 - a legend (the graph label) with the method, model and thresholds.
 Circuit nodes carry the SVG class "circuit" (row and token labels "decoration"), so a reader
 of the SVG can tell them apart. Without the Graphviz binaries the .dot source is still written.
@@ -31,6 +33,7 @@ LINE_H = 0.7  # inches between wrapped lines of one site's row
 BAND_GAP = 0.55  # inches between site bands
 MAX_PER_LINE = 24  # nodes per line before a site's row wraps (position-summed circuits)
 MAX_PER_CELL = 6  # nodes per line of one (site, position) cell before it wraps
+LABEL_CHARS = 14  # a label longer than this is cut, with "…", under the node's index
 BLUE, RED = (33, 102, 172), (178, 24, 43)
 INSTALL = ("install Graphviz for SVG output: `apt-get install graphviz` (Debian/Ubuntu), "
            "`brew install graphviz` (macOS), `conda install -c conda-forge graphviz`, or "
@@ -187,10 +190,20 @@ def _node(n: str, a: dict, xy: tuple[float, float], top: float) -> str:
     style = node_style(a, top)
     where = "" if a["position"] is None else f" @ pos {a['position']}"
     tip = f"{a['site']} {a['role']} {a['index']}{where}: effect {a['effect']:.4g}"
+    label, fixed = _q(style.label), "true"
+    if a.get("label"):  # may be wider than the node: drawn beyond it, without a warning
+        fixed = "shape"
+        tip += f" — {a['label']}"
+        short = a["label"] if len(a["label"]) <= LABEL_CHARS else a["label"][:LABEL_CHARS - 1] + "…"
+        label = ('<<TABLE BORDER="0" CELLSPACING="0" CELLPADDING="0">'
+                 f'<TR><TD>{html.escape(style.label)}</TD></TR><TR><TD BGCOLOR="#ffffffd0">'
+                 f'<FONT POINT-SIZE="7" COLOR="black">{html.escape(short)}</FONT></TD></TR>'
+                 '</TABLE>>')  # dark on a light backdrop, over any fill and beyond the node
+    link = f'URL={_q(a["neuronpedia"])}, target="_blank", ' if a.get("neuronpedia") else ""
     return (f'{_q(n)} [class=circuit, shape={"box" if style.box else "ellipse"}, '
-            f'label={_q(style.label)}, fillcolor="{style.fill}", '
+            f'label={label}, fillcolor="{style.fill}", '
             f'fontcolor="{"white" if style.dark else "black"}", width={style.size:.2f}, '
-            f'height={style.size * 0.7:.2f}, fixedsize=true, tooltip={_q(tip)}, '
+            f'height={style.size * 0.7:.2f}, fixedsize={fixed}, tooltip={_q(tip)}, {link}'
             f'pos="{x:.3f},{y:.3f}!"];')
 
 

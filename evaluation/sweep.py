@@ -6,6 +6,11 @@ the circuit C and its complement M ∖ C are mean-ablated; m(∅) and m(M) are m
 distinct selections of all methods go through one batched ablation call (evaluation/ablation.py):
 several selections per forward pass, each selection's masks broadcast over its prompts; equal
 selections (thresholds between the same two scores) are run once.
+
+Beside each row's faithfulness, the Mechanistic Interpretability Benchmark's integrated metrics
+of its method (evaluation/mib.py): CPR, the area under faithfulness over the fraction of nodes
+kept, and CMD, the area of |1 − faithfulness|, from the top-k circuits at MIB's node fractions
+(0.1 % to 100 %), evaluated in the same batched call; one value per method, repeated on its rows.
 """
 
 from __future__ import annotations
@@ -24,12 +29,13 @@ from circuits.scores import Scores
 from circuits.select import full_selection, select_nodes
 from evaluation.ablation import NodeMeans, ablated_metrics, node_means, prepare
 from evaluation.faithfulness import MIN_GAP, complement, count, ratio
+from evaluation.mib import MIB_FRACTIONS, integrated, mib_counts
 from saes.splice import SplicedModel
 from tasks.pairs import Dataset, PromptPair
 
 COLUMNS = (
     "method", "threshold", "top_k", "n_nodes", "n_edges", "faithfulness", "completeness",
-    "m_circuit", "m_complement", "m_empty", "m_full",
+    "cpr", "cmd", "m_circuit", "m_complement", "m_empty", "m_full",
 )
 
 
@@ -52,6 +58,7 @@ def sweep(
     min_gap: float = MIN_GAP,
     edges: EdgeScores | Mapping[str, EdgeScores] | None = None,
     edge_threshold: float = 0.0,
+    mib: bool = True,
     progress: bool = True,
 ) -> pd.DataFrame:
     """One row per (method, threshold): columns COLUMNS.
@@ -63,7 +70,8 @@ def sweep(
     (one, or {label: EdgeScores}) computed once among a large selection; n_edges counts the
     edges with |weight| >= edge_threshold between kept nodes, and is NaN for a method without
     edges or a circuit that keeps a node the edge scores do not cover. Rows are sorted by
-    method, then by decreasing threshold / increasing k.
+    method, then by decreasing threshold / increasing k. cpr / cmd: MIB's integrated metrics of
+    the method (evaluation/mib.py), the same on each of its rows (NaN with ``mib=False``).
     """
     if thresholds is not None and node_counts is not None:
         raise ValueError("give thresholds= or node_counts=, not both")
@@ -113,6 +121,8 @@ def sweep(
             n_edges = count_edges(edges[label], sel, edge_threshold) if label in edges else math.nan
             top_k = int(point) if mode == "top_k" else -1
             points.append((label, threshold, top_k, count(sel), n_edges, i_c, i_r))
+    curves = ({label: _mib_curve(s, unique, selections) for label, s in labelled.items()}
+              if mib else {})
     means = node_means(model, data) if means is None else means
     metrics = ablated_metrics(
         model, data, selections, means=means, intact_layers=intact_layers,
@@ -121,8 +131,11 @@ def sweep(
     m_full, m_empty = metrics[0], metrics[1]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        areas = {label: integrated(x, [ratio(metrics[i], m_empty, m_full, min_gap=min_gap)
+                                       for i in at]) for label, (x, at) in curves.items()}
         rows = []
         for label, threshold, top_k, n, n_edges, i_c, i_rest in points:
+            cpr, cmd = areas.get(label, (math.nan, math.nan))
             rows.append({
                 "method": label,
                 "threshold": threshold,
@@ -132,6 +145,8 @@ def sweep(
                 "faithfulness": ratio(metrics[i_c], m_empty, m_full, min_gap=min_gap),
                 "completeness": ratio(metrics[i_rest], m_empty, m_full, min_gap=min_gap,
                                       what="completeness"),
+                "cpr": cpr,
+                "cmd": cmd,
                 "m_circuit": metrics[i_c],
                 "m_complement": metrics[i_rest],
                 "m_empty": m_empty,
@@ -140,6 +155,15 @@ def sweep(
     if caught:  # one warning for the whole sweep, not one per row
         warnings.warn(str(caught[0].message), RuntimeWarning, stacklevel=2)
     return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def _mib_curve(scores: Scores, unique: dict[bytes, int], selections: list
+               ) -> tuple[list[float], list[int]]:
+    """The top-k circuits at MIB's node fractions of ``scores``: (the fractions, the index of
+    each circuit in ``selections``, appended there unless an equal one is)."""
+    total = sum(v.numel() for v in scores.sites.values())
+    at = [_index(select_nodes(scores, top_k=k), unique, selections) for k in mib_counts(total)]
+    return list(MIB_FRACTIONS), at
 
 
 def _index(sel: dict[str, Tensor], unique: dict[bytes, int], out: list) -> int:

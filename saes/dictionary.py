@@ -14,7 +14,8 @@ Where it came from travels with it: ``release`` and ``sae_id`` (what
 ``sae_lens.SAE.from_pretrained(release, sae_id)`` loads; None for dictionaries not loaded by
 release) and ``neuronpedia_id`` (sae_lens' directory entry, e.g.
 ``gemma-3-270m/12-gemmascope-2-res-16k``; None where it lists none). ``neuronpedia_ids`` and
-``sources`` read them off any ``{site: Dictionary}`` mapping, e.g. ``model.dictionaries``.
+``sources`` read them off any ``{site: Dictionary}`` mapping, e.g. ``model.dictionaries``;
+``neuronpedia_url(id, feature)`` is a feature's page, https://www.neuronpedia.org/{id}/{feature}.
 """
 
 from __future__ import annotations
@@ -91,6 +92,20 @@ class Dictionary(nn.Module):
             return torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
         return pre.relu()
 
+    def encode_features(self, x: Tensor, features: Tensor) -> Tensor:
+        """[..., d_in] -> [..., len(features)]: ``encode(x)[..., features]``, computing only those
+        columns of W_enc (a TopK dictionary ranks all features, so it encodes them all)."""
+        if self.identity:
+            return x[..., features]
+        if self.k is not None:
+            return self.encode(x)[..., features]
+        if self.apply_b_dec_to_input:
+            x = x - self.b_dec
+        pre = x @ self.W_enc[:, features] + self.b_enc[features]  # [..., n]
+        if self.threshold is not None:
+            return pre * (pre > self.threshold[features])
+        return pre.relu()
+
     def decode(self, f: Tensor) -> Tensor:
         """[..., d_sae] -> [..., d_in] reconstruction."""
         if self.identity:
@@ -143,6 +158,15 @@ class Dictionary(nn.Module):
         return cls(
             eye, zeros, eye.clone(), zeros.clone(), apply_b_dec_to_input=False, identity=True
         )
+
+
+NEURONPEDIA = "https://www.neuronpedia.org"
+
+
+def neuronpedia_url(neuronpedia_id: str, feature: int) -> str:
+    """The Neuronpedia page of feature ``feature`` of the dictionary ``neuronpedia_id``, e.g.
+    https://www.neuronpedia.org/pythia-70m-deduped/0-res-sm/123."""
+    return f"{NEURONPEDIA}/{neuronpedia_id}/{feature}"
 
 
 def neuronpedia_ids(dictionaries: Mapping[str, Dictionary]) -> dict[str, str]:

@@ -244,6 +244,36 @@ def load_pairs(task: str, model: SplicedModel, n: int, eval_n: int
     return train, test
 
 
+def read_run(path: Path) -> tuple[Path, Circuit]:
+    """(the run directory, its circuit) of a run directory or of its circuit.json."""
+    folder = path if path.is_dir() else path.parent
+    if not (folder / "circuit.json").is_file():
+        raise UsageError(f"{path} holds no circuit.json; pass a run directory written by "
+                         "`circuits discover` (or its circuit.json)")
+    return folder, read_circuit(folder / "circuit.json")
+
+
+def circuit_model(circuit: Circuit, args: argparse.Namespace) -> SplicedModel:
+    """The model a saved circuit was found on, with its dictionaries at its sites: --model and
+    --dictionaries if given, else the circuit's own (a "+neurons" model: the neuron baseline;
+    dictionaries of a release: their release/sae_id, recorded in the circuit's meta)."""
+    meta = circuit.meta
+    name, neurons, _ = (args.model or meta.model).partition("+")
+    if name not in MODELS:
+        raise UsageError(f"the circuit's model {name!r} is not one of {', '.join(MODELS)}; "
+                         "pass --model")
+    given = args.dictionaries
+    if given is None and neurons:
+        given = "neurons"
+    elif given is None and meta.dictionaries and all(
+            "source" in meta.dictionaries.get(site, {}) for site in meta.sites):
+        given = "+".join(meta.dictionaries[site]["source"].replace("/", ":", 1)
+                         for site in meta.sites)
+    sites = None if meta.components_only else list(meta.sites)
+    return load_model(name, args.device, False if meta.components_only else given, sites=sites,
+                      quiet=args.quiet)
+
+
 def read_circuit(path: Path) -> Circuit:
     """`Circuit.load` (whose ValueError names the file's problem), and an unreadable file as a
     UsageError."""

@@ -1,6 +1,9 @@
-"""``circuits discover``: node scores, the circuit with its edges, SVG, JSON, the interactive
-view (circuit.html), a summary, and faithfulness/completeness on held-out pairs. Edges are
-computed by `build` with the library's edge method for the node method, or --edge-method."""
+"""``circuits discover``: node scores, the circuit with its edges, its features' contexts
+(features.json, from --corpus or the corpus the library knows for the model's dictionaries),
+its views (SVG, the interactive circuit.html, attribution-graph export; labels from
+--labels), JSON, a summary, and
+faithfulness/completeness on held-out pairs. Edges are computed by `build` with the library's
+edge method for the node method, or --edge-method."""
 
 from __future__ import annotations
 
@@ -28,16 +31,20 @@ from circuits.cli.common import (
     positive,
     task_files,
 )
+from circuits.cli.contexts import add_corpus_options, contexts, given_corpus
 from circuits.cli.notes import recorded_warnings
 from circuits.cli.rundir import run_dir
-from circuits.html import write_html
+from circuits.cli.views import write_views
+from circuits.features import FILE as FEATURES_FILE
+from circuits.labels import apply_labels, check_labels, read_labels
 from circuits.methods import EDGE_METHODS, METHODS
 from circuits.top import top_nodes
 from evaluation import completeness, faithfulness, node_means
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    d = sub.add_parser("discover", help="scores, circuit, SVG, HTML view, JSON and a summary")
+    d = sub.add_parser("discover", help="scores, circuit, feature contexts, SVG, HTML view, "
+                       "export, JSON and a summary")
     add_common(d)
     d.add_argument("--method", default="relp", help=f"one of {', '.join(METHODS)} (relp)")
     d.add_argument("--node-threshold", type=float, default=None,
@@ -50,6 +57,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         f"edge method of the node method ({_edge_defaults()})")
     d.add_argument("--no-edges", action="store_true", help="nodes only")
     d.add_argument("--top", type=positive, default=15, help="nodes to list (15)")
+    add_corpus_options(d)
+    d.add_argument("--no-features", action="store_true",
+                   help="no feature contexts (features.json)")
+    d.add_argument("--labels", type=Path, default=None, metavar="FILE",
+                   help="labels of features: CSV with the header site,feature,label or a JSON "
+                        "list of {site, feature, label}; shown in the SVG and the export")
     d.set_defaults(func=run)
 
 
@@ -89,9 +102,13 @@ def check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> None:
     check(args)
+    labels = read_labels(args.labels) if args.labels else []
+    corpus = None if args.no_features else given_corpus(args)
+    inputs = [*task_files(args.task), *(Path(f) for f in (args.labels, args.corpus) if f)]
     with run_dir(args.out, f"{args.task}-{args.method}", args,
-                 inputs=task_files(args.task)) as target, recorded_warnings() as notes:
+                 inputs=inputs) as target, recorded_warnings() as notes:
         model = load_model(args.model, args.device, args.dictionaries, sites=args.sites)
+        check_labels(labels, {s: d.d_sae for s, d in model.dictionaries.items()}, "model")
         train, test = load_pairs(args.task, model, args.n, args.eval_n)
         started = time.perf_counter()
         scores = attribute(model, train, args.method, **method_kwargs(args.method, args))
@@ -105,8 +122,15 @@ def run(args: argparse.Namespace) -> None:
             model=model, data=train, batch_size=args.batch_size, progress=not args.quiet,
         )
         edge_seconds = time.perf_counter() - started
+        apply_labels(circuit, labels)
         circuit.save(target.work / "circuit.json")
-        svg = circuit.to_svg(target.work / "circuit.svg")
+        started = time.perf_counter()
+        features, read = ((None, "skipped (--no-features)") if args.no_features
+                          else contexts(model, circuit, corpus, args))
+        if features is not None:
+            features.save(target.work / FEATURES_FILE)
+        feature_seconds = time.perf_counter() - started
+        write_views(target.work, circuit, features, slug=target.path.name)
         means = node_means(model, test)
         faith = faithfulness(model, circuit, test, means=means)
         complete = completeness(model, circuit, test, means=means)
@@ -122,7 +146,9 @@ def run(args: argparse.Namespace) -> None:
             "faithfulness": finite(faith.value), "completeness": finite(complete.value),
             "m_full": faith.m_full, "m_empty": faith.m_empty, "m_circuit": faith.m_circuit,
             "m_complement": complete.m_circuit,
-            "seconds_nodes": round(node_seconds, 2), "seconds_circuit": round(edge_seconds, 2),
+            "features": read, "seconds_nodes": round(node_seconds, 2),
+            "seconds_circuit": round(edge_seconds, 2),
+            "seconds_features": round(feature_seconds, 2),
             "warnings": notes.messages,  # e.g. an empty circuit, a ratio from a small gap
         }
         (target.work / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -139,9 +165,8 @@ def run(args: argparse.Namespace) -> None:
         print(f"on {len(test)} held-out pairs: faithfulness {faith.value:.3f}, completeness "
               f"{complete.value:.3f} (m(M) {faith.m_full:.3f}, m(C) {faith.m_circuit:.3f}, "
               f"m(empty) {faith.m_empty:.3f})")
+        print(f"features: {read}" + (f" ({feature_seconds:.1f}s)" if features else ""))
         print(f"\n{'node':<32} {'score':>10}")
         for node in ranked:
             print(f"{node.label:<32} {node.score:>10.4f}")
-        page = write_html(target.work)  # from the files written above
-        print(f"\nfiles: scores.safetensors circuit.json {Path(svg).name} {page.name} "
-              "summary.json top_nodes.json")
+        print(f"\nfiles: {' '.join(sorted(p.name for p in target.work.iterdir()))}")

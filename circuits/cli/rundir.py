@@ -15,6 +15,9 @@
 - The old run is then deleted file by file from its own list: a run deletes only what a run
   wrote. Hidden siblings a killed run left (their PID is in the name) are cleaned up by the next
   run into the same --out.
+- A command that adds to an existing run (``circuits features``, ``circuits label``) amends it
+  the same way (`amend_run`): the run's files are copied into a partial sibling, changed there,
+  and swapped in whole; run.json keeps the original command and lists the amendments.
 """
 
 from __future__ import annotations
@@ -70,19 +73,60 @@ def run_dir(out: Path | None, name: str, args: argparse.Namespace,
             work.chmod(0o777 & ~umask)  # mkdtemp makes it private; a run directory is not
         except OSError as err:
             raise UsageError(f"cannot write the run directory {shown}: {err.strerror}") from err
-        try:
-            yield Run(shown, work)
-            meta = {"command": getattr(args, "command", None), "argv": sys.argv[1:],
-                    "finished": time.ctime(), "files": written_files(work),
-                    **{k: str(v) for k, v in vars(args).items() if k != "func"}}
-            (work / RUN_MARKER).write_text(json.dumps(meta, indent=1))
-            old = replace(work, path, shown)
-        except BaseException:  # work is still this run's own folder: nothing else is in it
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-        if old is not None:
-            _discard(old, path)
+        yield from _assemble(work, path, shown, lambda: {
+            "command": getattr(args, "command", None), "argv": sys.argv[1:],
+            "finished": time.ctime(), "files": written_files(work),
+            **{k: str(v) for k, v in vars(args).items() if k != "func"}})
     print(f"\nwrote {shown}/")
+
+
+@contextmanager
+def amend_run(run: Path, args: argparse.Namespace) -> Iterator[Run]:
+    """The existing run directory ``run`` to change: its files copied into a partial sibling
+    (``Run.work``), which replaces it atomically when the block ends; run.json keeps the run's
+    own record, adds this command under "amended" and lists the files anew. Refused
+    (UsageError): no run directory, foreign files in it, or a run writing it."""
+    path = Path(os.path.abspath(run))
+    if not (path / RUN_MARKER).is_file():
+        raise UsageError(f"{run} is not a run directory (no {RUN_MARKER}); pass a directory "
+                         "written by `circuits discover`")
+    with _locked(path, run):
+        clean_stale(path)
+        check_target(path, run)
+        record = json.loads((path / RUN_MARKER).read_text())
+        try:
+            work = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-{os.getpid()}-",
+                                         dir=path.parent))
+        except OSError as err:
+            raise UsageError(f"cannot amend the run directory {run}: {err.strerror}") from err
+        try:
+            work.chmod(path.stat().st_mode & 0o777)
+            for name in record["files"]:
+                (work / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path / name, work / name)
+        except OSError as err:
+            shutil.rmtree(work, ignore_errors=True)
+            raise UsageError(f"cannot amend the run directory {run}: {err.strerror}") from err
+        amended = [*record.get("amended", []), {
+            "command": getattr(args, "command", None), "argv": sys.argv[1:],
+            "finished": time.ctime()}]
+        yield from _assemble(work, path, run, lambda: {
+            **record, "amended": amended, "files": written_files(work)})
+    print(f"\nwrote {run}/")
+
+
+def _assemble(work: Path, path: Path, shown: Path, record) -> Iterator[Run]:
+    """Yield the Run being written in ``work``; then write run.json (``record()``, made after
+    the block) and put ``work`` in place of ``path``. A failure removes ``work``."""
+    try:
+        yield Run(shown, work)
+        (work / RUN_MARKER).write_text(json.dumps(record(), indent=1))
+        old = replace(work, path, shown)
+    except BaseException:  # work is still this run's own folder: nothing else is in it
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if old is not None:
+        _discard(old, path)
 
 
 # ---- what may be replaced --------------------------------------------------------------------

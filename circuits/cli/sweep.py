@@ -1,5 +1,7 @@
 """``circuits sweep``: faithfulness and completeness over node thresholds or node counts, per
-method (and the neuron baseline), as a CSV and a plot; with --edges, edge counts too."""
+method (and the neuron baseline), as a CSV and a plot; with --edges, edge counts too. Each method
+also gets MIB's integrated metrics (CPR, CMD over the node fractions 0.1 % to 100 %; see
+evaluation/mib.py), in the CSV and the printed table."""
 
 from __future__ import annotations
 
@@ -92,7 +94,8 @@ def run(args: argparse.Namespace) -> None:
         table.insert(0, "task", args.task)
         table.to_csv(target.work / "sweep.csv", index=False)
         plot_sweep(table, target.work / "sweep", title=f"{model.name}: {args.task}")
-        shown = ["method", "threshold", "top_k", "n_nodes", "faithfulness", "completeness"]
+        shown = ["method", "threshold", "top_k", "n_nodes", "faithfulness", "completeness", "cpr",
+                 "cmd"]
         print(table[shown].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         print("\nfiles: sweep.csv sweep.png sweep.svg scores-*.safetensors")
 

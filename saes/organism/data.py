@@ -24,6 +24,7 @@ from transformers import PreTrainedTokenizerBase
 from saes.organism.grammar import Grammar
 
 TRAIN_SEED_OFFSET, HELDOUT_SEED_OFFSET = 0, 1_000_003  # independent streams, not disjoint
+SAE_DATA_SEED_OFFSET = 2_000_003  # sentence stream for dictionary activations
 
 
 @cache

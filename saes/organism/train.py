@@ -30,14 +30,13 @@ from pathlib import Path
 
 import torch
 
-from saes.organism.data import token_rows
+from saes.organism.data import SAE_DATA_SEED_OFFSET, token_rows
 from saes.organism.dictionaries import DictConfig, train_all
 from saes.organism.lm import LMConfig, train_lm
 
 log = logging.getLogger(__name__)
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
-SAE_DATA_SEED_OFFSET = 2_000_003  # sentence stream for dictionary activations
 
 
 def _versions() -> dict[str, str]:

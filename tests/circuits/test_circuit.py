@@ -189,7 +189,7 @@ def test_a_circuit_file_of_the_first_format_still_reads(tmp_path):
     again = circuit.to_json()  # written in the current format: the renamed keys, and the
     assert again["format"] == "circuits.circuit/2" and "bare" not in again["meta"]
     assert [k for k in again["meta"]] == [  # dictionaries' origins the old format lacked
-        "components_only" if k == "bare" else k for k in old["meta"]] + ["dictionaries"]
+        "components_only" if k == "bare" else k for k in old["meta"]] + ["dictionaries", "prompt"]
     assert again["meta"]["dictionaries"] == {}
     assert all("kind" not in n and "role" in n for n in again["nodes"])
     assert Circuit.from_json(again).meta == circuit.meta
@@ -233,3 +233,23 @@ def test_an_empty_circuit_is_warned_of(scores):
     with pytest.warns(RuntimeWarning, match="the circuit is empty"):
         empty = build(scores, node_threshold=2 * largest)
     assert empty.n_nodes == 0
+
+
+def test_features_link_to_neuronpedia_where_their_dictionary_has_an_id(scores, tiny, data):
+    """A feature node's "neuronpedia" is its page under its site's Neuronpedia id; error
+    nodes and sites without an id get None; "label" starts as None; the prompt is recorded."""
+    ids = {"resid_0": {"neuronpedia": "pythia-70m-deduped/0-res-sm"}}
+    linked = build(dataclasses.replace(scores, dictionaries=ids), top_k=60, edges=False,
+                   model=tiny, data=data)
+    pages = {n: a["neuronpedia"] for n, a in linked.graph.nodes(data=True)}
+    resid = [n for n, a in linked.graph.nodes(data=True)
+             if a["site"] == "resid_0" and a["role"] == "feature"]
+    assert resid, "no resid_0 feature in the circuit to link"
+    for n in resid:
+        feature = linked.graph.nodes[n]["feature"]
+        assert pages[n] == f"https://www.neuronpedia.org/pythia-70m-deduped/0-res-sm/{feature}"
+    assert all(page is None for n, page in pages.items() if n not in resid)
+    assert all(a["label"] is None for _, a in linked.graph.nodes(data=True))
+    first = data.clean_tokens[0, : int(data.lengths[0])].tolist()
+    assert linked.meta.prompt == tuple(tiny.tokenizer.decode([t]) for t in first)
+    assert Circuit.from_json(json.loads(json.dumps(linked.to_json()))).meta == linked.meta

@@ -80,7 +80,43 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [  # (what, argv, me
      lambda t: ["evaluate", broken(set_in(("meta", "n_examples"), "many"))(t)],
      "'n_examples' is 'many'"),
     ("circuit not JSON", lambda t: ["render", str(t / "bad.json")], "is not a circuit file"),
+    ("features of no run", lambda t: ["features", str(t / "none")], "holds no circuit.json"),
+    ("features without a corpus for the model",
+     lambda t: ["features", run_of(t, set_in(("meta", "model"), "pythia-70m-deduped"))],
+     "no corpus is known for the dictionaries of pythia-70m-deduped; pass --corpus FILE"),
+    ("features from a missing corpus",
+     lambda t: ["features", run_of(t), "--corpus", str(t / "none.txt")],
+     "none.txt does not exist; pass a text file"),
+    ("discover from a missing corpus", lambda t: ["discover", "--corpus", str(t / "none.txt")],
+     "none.txt does not exist; pass a text file"),
+    ("discover with labels of another header",
+     lambda t: ["discover", "--labels", text(t / "l.csv", "site,feat,label\nembed,1,x\n")],
+     "has the header ['site', 'feat', 'label']"),
+    ("label a missing labels file", lambda t: ["label", run_of(t), str(t / "none.csv")],
+     "none.csv does not exist"),
+    ("label a site the circuit lacks",
+     lambda t: ["label", run_of(t), text(t / "l.csv", "site,feature,label\nmlp_9,1,x\n")],
+     "l.csv line 2: site 'mlp_9' is not one of the circuit's sites ['embed', 'resid_0']"),
+    ("label a feature past the dictionary",
+     lambda t: ["label", run_of(t), text(t / "l.csv", "site,feature,label\nembed,2,x\n")],
+     "line 2: feature 2 is outside the dictionary of site 'embed' (features 0 to 1)"),
+    ("export in an unknown format",
+     lambda t: ["export", run_of(t), "--format", "svg", "--out", str(t / "g.json")],
+     "unknown --format 'svg'; choose from neuronpedia"),
+    ("export into a directory", lambda t: ["export", run_of(t), "--out", str(t)],
+     "is a directory; pass the JSON file to write"),
 ]
+
+
+def run_of(tmp: Path, change: Callable[[dict], object] = lambda data: None) -> str:
+    """A run directory holding the toy circuit (changed by ``change``)."""
+    write(tmp / "circuit.json", edit(change))
+    return str(tmp)
+
+
+def text(path: Path, content: str) -> str:
+    path.write_text(content)
+    return str(path)
 
 
 @pytest.mark.parametrize("what, argv, message", CASES, ids=[case[0] for case in CASES])

@@ -77,7 +77,7 @@ def test_the_interactive_view_has_one_element_per_circuit_node(discovered, brows
     assert ids == list(circuit.graph.nodes) and len(ids) == circuit.n_nodes + 1  # + the metric
 
 
-def test_sweep_writes_csv_and_plots(tmp_path):
+def test_sweep_writes_csv_and_plots(tmp_path, capsys):
     out = tmp_path / "sweep"
     code = main(["sweep", "--task", "simple", "--methods", "atp,relp,atp*,neurons",
                  "--node-counts", "1,10,100000", "--edges", "--edge-nodes", "10", "--out", str(out),
@@ -91,6 +91,11 @@ def test_sweep_writes_csv_and_plots(tmp_path):
     everything = table[table["top_k"] == 100000]
     assert everything["faithfulness"].to_numpy() == pytest.approx(1.0, abs=1e-4)
     assert (out / "sweep.png").stat().st_size > 0 and (out / "sweep.svg").exists()
+    # MIB's integrated metrics: one per method, finite, in the CSV and the printed table
+    per_method = table.groupby("method")[["cpr", "cmd"]].nunique()
+    assert (per_method == 1).all().all() and table[["cpr", "cmd"]].notna().all().all()
+    header = next(line for line in capsys.readouterr().out.splitlines() if "faithfulness" in line)
+    assert header.split()[-2:] == ["cpr", "cmd"]
 
 
 def test_compare_tables_methods_against_exact(tmp_path):

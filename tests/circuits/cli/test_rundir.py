@@ -322,3 +322,43 @@ def test_a_killed_discover_blocks_no_one_and_loses_nothing(tmp_path, capsys):
     written = sorted(p.name for p in out.iterdir() if p.name != RUN_MARKER)
     assert written == meta["files"] and "scores.safetensors" in written
     assert hidden(tmp_path) == []
+
+
+# ---- amending a run ---------------------------------------------------------------------------
+def test_amending_a_run_keeps_its_files_adds_new_ones_and_records_the_command(tmp_path):
+    out = tmp_path / "run"
+    make_run(out, {"a.txt": "a", "sub/b.txt": "b"})
+    first = json.loads((out / RUN_MARKER).read_text())
+    with rundir.amend_run(out, argparse.Namespace(command="label")) as run:
+        assert contents(run.work) == {"a.txt": "a", "sub/b.txt": "b"}  # copied aside
+        (run.work / "a.txt").write_text("changed")
+        (run.work / "new.txt").write_text("new")
+        assert contents(out) == {"a.txt": "a", "sub/b.txt": "b"}  # untouched meanwhile
+    assert contents(out) == {"a.txt": "changed", "sub/b.txt": "b", "new.txt": "new"}
+    record = json.loads((out / RUN_MARKER).read_text())
+    assert record["command"] == first["command"] and record["argv"] == first["argv"]
+    assert record["files"] == ["a.txt", "new.txt", "sub/b.txt"]
+    assert [a["command"] for a in record["amended"]] == ["label"]
+    assert hidden(tmp_path) == []
+
+
+def test_a_failed_amendment_leaves_the_run_as_it_was(tmp_path):
+    out = tmp_path / "run"
+    make_run(out)
+    before = (out / RUN_MARKER).read_text()
+    with pytest.raises(RuntimeError, match="midway"):
+        with rundir.amend_run(out, ARGS) as run:
+            (run.work / "a.txt").write_text("half-done")
+            raise RuntimeError("midway")
+    assert contents(out) == {"a.txt": "a"} and (out / RUN_MARKER).read_text() == before
+    assert hidden(tmp_path) == []
+
+
+def test_only_a_run_directory_is_amended(tmp_path):
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="is not a run directory"):
+        with rundir.amend_run(folder, ARGS):
+            pass
+    assert (folder / "notes.txt").read_text() == "mine"
