@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> None:
     with amend_run(folder, args) as target:
         model = circuit_model(circuit, args)
         found, read = contexts(model, circuit, corpus, args, reuse=earlier)
-        assert found is not None  # the checks above: features, and a corpus
+        if found is None:  # e.g. Gemma Scope 2 dictionaries: their training text is not here
+            raise UsageError(f"{read} ({args.run})")
         found.save(target.work / FEATURES_FILE)
         write_views(target.work, circuit, found, slug=folder.name)
         reused = 0 if earlier is None else sum(

@@ -63,9 +63,11 @@ class TrainConfig:
         return f"{sites}-w{self.d_sae}-k{self.k}-t{self.tokens}-b{self.batch}-s{self.seed}"
 
 
-def packed_rows(cfg: TrainConfig, tokenizer, documents: list[dict]) -> list[list[int]]:
+def packed_rows(cfg: TrainConfig, tokenizer, documents: list[dict],
+                max_rows: int | None = None) -> list[list[int]]:
     """Documents tokenized and packed into rows of cfg.context tokens ([BOS] + text), shuffled
-    with the seed; the Python documentation capped at cfg.python_docs_tokens."""
+    with the seed; the Python documentation capped at cfg.python_docs_tokens. ``max_rows``:
+    stop tokenizing once there are that many (the first rows of the same stream, unshuffled)."""
     rng = random.Random(cfg.seed)
     documents = sorted(documents, key=lambda d: d["id"])
     rng.shuffle(documents)
@@ -78,9 +80,13 @@ def packed_rows(cfg: TrainConfig, tokenizer, documents: list[dict]) -> list[list
                 continue
             python_docs += len(ids)
         stream.extend(ids)
+        if max_rows is not None and len(stream) >= max_rows * (cfg.context - 1):
+            break
     width = cfg.context - 1
     rows = [[tokenizer.bos_token_id] + stream[i : i + width]
             for i in range(0, len(stream) - width + 1, width)]
+    if max_rows is not None:
+        return rows[:max_rows]
     rng.shuffle(rows)
     return rows
 

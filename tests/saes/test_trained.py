@@ -148,3 +148,22 @@ def test_card_identities_on_the_neuron_baseline(organism):
         assert d["loss_recovered"] == pytest.approx(1, abs=1e-4)
     sets = card.agreement_sets(model, limit=50)
     assert card.agreement(model, sets, no_error="resid_1") == card.agreement(model, sets)
+
+
+def test_max_rows_are_the_first_rows_of_the_stream(organism):
+    docs = [{"id": f"kjv/{i}", "text": f" cats near dog{'s' * (i % 2)} ." * 9} for i in range(30)]
+    cfg = TrainConfig(context=16)
+    every = packed_rows(cfg, organism.tokenizer, docs)
+    first = packed_rows(cfg, organism.tokenizer, docs, max_rows=5)
+    assert len(first) == 5 and all(row in every for row in first)
+
+
+def test_the_trained_corpus_is_gemmas_default_once_built(tmp_path, monkeypatch):
+    from saes.corpus import has_default_corpus
+
+    monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path))
+    assert not has_default_corpus("gemma-3-270m")
+    (tmp_path / "gemma-3-270m-trained" / "corpus").mkdir(parents=True)
+    (tmp_path / "gemma-3-270m-trained" / "corpus" / "train.jsonl").write_text("")
+    assert has_default_corpus("gemma-3-270m") and has_default_corpus("gemma-3-270m+neurons")
+    assert not has_default_corpus("pythia-70m-deduped")
