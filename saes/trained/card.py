@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from saes.contexts import feature_contexts, key
+from saes.corpus import Corpus
 from saes.loader import TRAINED, load
 from saes.sites import Site
 from saes.splice import SplicedModel, TLHook
@@ -129,53 +131,42 @@ def agreement(model: SplicedModel, sets: dict[str, Dataset], no_error: str | Non
 
 
 @torch.no_grad()
-def top_contexts(model: SplicedModel, rows: Tensor, site: Site, features: list[int], k: int = 3,
-                 before: int = 10, after: int = 2, batch: int = 8) -> dict[int, list[dict]]:
-    """The k held-out windows where each feature is strongest, the token marked with [[ ]]."""
-    values = []
-    for part in rows.split(batch):
-        _, cache = model.transformer.run_with_cache(
-            part, names_filter=site.hook_name, stop_at_layer=site.layer + 1)
-        f = model.dictionaries[site.name].encode(site.vectors(cache[site.hook_name]))
-        f[:, 0] = 0  # BOS
-        values.append(f[..., features])
-    acts = torch.cat(values)  # [rows, seq, len(features)]
-    out = {}
-    for j, feature in enumerate(features):
-        flat = acts[..., j].flatten()
-        top = flat.topk(k)
-        contexts = []
-        for value, index in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-            r, p = divmod(index, rows.shape[1])
-            window = rows[r, max(1, p - before) : p + after + 1].tolist()
-            mark = p - max(1, p - before)
-            pieces = [model.tokenizer.decode([t]) for t in window]
-            pieces[mark] = f"[[{pieces[mark]}]]"
-            contexts.append({"text": "".join(pieces).replace("\n", "⏎"), "activation": value})
-        out[feature] = contexts
-    return out
+def _spread_features(model: SplicedModel, rows: Tensor, site_name: str, n: int) -> list[int]:
+    """n features that fire on rows, spread from the most to the least frequent."""
+    site = next(s for s in model.spliced_sites if s.name == site_name)
+    _, cache = model.transformer.run_with_cache(rows, names_filter=site.hook_name,
+                                                stop_at_layer=site.layer + 1)
+    f = model.dictionaries[site.name].encode(site.vectors(cache[site.hook_name]))[:, 1:]
+    fired = (f > 0).flatten(0, 1).sum(0)
+    alive = fired.argsort(descending=True)[: int((fired > 0).sum())]
+    return sorted({int(alive[i]) for i in torch.linspace(0, len(alive) - 1, n).long()})
 
 
-def measure(*, rows: int = 64, limit: int = 200, features: int = 3) -> dict:
+def measure(*, rows: int = 64, limit: int = 200, features: int = 3,
+            model: SplicedModel | None = None, data: Tensor | None = None) -> dict:
+    """The card's numbers; ``model`` and ``data`` (held-out rows starting with BOS) default to
+    the trained dictionaries on Gemma and the corpus' held-out split."""
     start = time.perf_counter()
-    model = load("gemma-3-270m", dictionaries=TRAINED, device="cpu")
-    data = heldout_rows(model, rows)
+    model = model or load("gemma-3-270m", dictionaries=TRAINED, device="cpu")
+    data = heldout_rows(model, rows) if data is None else data
     sets = agreement_sets(model, limit)
     stats = dictionary_stats(model, data)
     plain = agreement(model, sets)
+    chosen: dict[str, list[int]] = {}
     for entry in stats:
         entry["agreement_spliced"] = agreement(model, sets, no_error=entry["site"])
-        dictionary = model.dictionaries[entry["site"]]
-        site = next(s for s in model.spliced_sites if s.name == entry["site"])
-        # a few features that fire on the held-out text, spread over the frequency range
-        f = dictionary.encode(site.vectors(model.transformer.run_with_cache(
-            data[:8], names_filter=site.hook_name, stop_at_layer=site.layer + 1)[1][site.hook_name]
-        ))[:, 1:].flatten(0, 1)
-        alive = (f > 0).sum(0).argsort(descending=True)
-        alive = alive[: int((f > 0).any(0).sum())]
-        chosen = [int(alive[i]) for i in torch.linspace(0, len(alive) - 1, features).long()]
-        entry["contexts"] = top_contexts(model, data, site, chosen)
-    training = json.loads((dictionaries_dir() / TRAINING_FILE).read_text())
+        chosen[entry["site"]] = _spread_features(model, data[:8], entry["site"], features)
+    corpus = Corpus("held-out split of saes.trained.corpus",
+                    tuple(model.tokenizer.decode(row[1:]) for row in data.tolist()),
+                    max_tokens=data.shape[1])
+    contexts = feature_contexts(model, chosen, corpus, k=3, batch_size=8)
+    for entry in stats:
+        entry["contexts"] = {
+            str(i): [{"text": c.text, "activation": c.activation}
+                     for c in contexts.features[key(entry["site"], i)].contexts]
+            for i in chosen[entry["site"]]}
+    record = dictionaries_dir() / TRAINING_FILE
+    training = json.loads(record.read_text()) if record.exists() else None
     return {
         "training": training,
         "heldout_tokens": int(data[:, 1:].numel()),
@@ -209,7 +200,7 @@ def render(card: dict) -> str:
                      f"{d['dead_fraction']:.1%} | {d['loss_recovered']:.3f} | {agree} |")
     lines += ["", "Plain Gemma's agreement accuracy: " + ", ".join(
         f"{c} {plain[c]:.2f} ({card['agreement_pairs'][c]} pairs)" for c in CONSTRUCTIONS) + ".",
-        "", "Top-activating held-out contexts ([[token]] activation):", ""]
+        "", "Top-activating held-out contexts («token» activation):", ""]
     for d in card["dictionaries"]:
         for feature, contexts in d["contexts"].items():
             shown = "; ".join(f"`{c['text']}` {c['activation']:.1f}" for c in contexts)

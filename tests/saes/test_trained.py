@@ -148,6 +148,13 @@ def test_card_identities_on_the_neuron_baseline(organism):
         assert d["loss_recovered"] == pytest.approx(1, abs=1e-4)
     sets = card.agreement_sets(model, limit=50)
     assert card.agreement(model, sets, no_error="resid_1") == card.agreement(model, sets)
+    measured = card.measure(model=model, data=rows, limit=20, features=2)
+    for d in measured["dictionaries"]:
+        assert 1 <= len(d["contexts"]) <= 2
+        for contexts in d["contexts"].values():
+            assert contexts and all("«" in c["text"] and c["activation"] > 0 for c in contexts)
+            values = [c["activation"] for c in contexts]
+            assert values == sorted(values, reverse=True)
 
 
 def test_max_rows_are_the_first_rows_of_the_stream(organism):
