@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -201,7 +202,9 @@ def _with_trained(name: str, sites: list[str] | None, device: str,
     _check_sites_known(cfg, sites)
     dicts: dict[str, Dictionary] = {}
     for path in found:
-        sae = _checked_sae(partial(SAE.load_from_disk, str(path), device="cpu"), str(path))
+        with warnings.catch_warnings():  # that the model should be unprocessed: it is
+            warnings.filterwarnings("ignore", message=r"\s*This SAE has non-empty model_from")
+            sae = _checked_sae(partial(SAE.load_from_disk, str(path), device="cpu"), str(path))
         ref = DictionaryRef(release=TRAINED, sae_id=path.name, model=name, repo_id=str(folder),
                             path=path.name, conversion_func=None, hook_name=None,
                             neuronpedia_id=None, l0=None)
