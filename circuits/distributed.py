@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Hashable
 from datetime import timedelta
 from typing import TypeVar
@@ -96,7 +97,8 @@ def shard_dataset(data: Dataset, what: str) -> Dataset:
     if not active():
         return data
     mine = torch.tensor([len(data), fingerprint(data)], dtype=torch.long)
-    everyone = gather_rows(mine[None], [1] * world_size(), f"{what}: the dataset's size")
+    everyone = gather_rows(mine[None], [1] * world_size(),
+                           f"{what}: checking the ranks have the same pairs")  # [W, 2]
     if not bool((everyone == mine).all()):
         sizes = ", ".join(f"rank {r}: {int(row[0])} pairs" for r, row in enumerate(everyone))
         raise ValueError(
@@ -186,10 +188,10 @@ def _collective(run, what: str) -> None:
         run()
     except RuntimeError as err:
         why = failure_notes() or "another rank stopped without saying why (killed? out of memory?)"
-        low = (str(err).splitlines() or [""])[0][:200]
+        first = (str(err).splitlines() or [""])[0]
+        low = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". ")[0][:120]  # gloo: no source path
         raise PeerFailed(f"rank {rank()} of {world_size()} stopped while waiting for the others "
-                         f"({what}): {why}; its own output says more (low-level error: {low})"
-                         ) from err
+                         f"({what}): {why}; its own output says more ({low})") from err
 
 
 # ---- joining and failing --------------------------------------------------------------------

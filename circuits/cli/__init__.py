@@ -87,10 +87,10 @@ def _run(args: argparse.Namespace) -> int:
     try:
         with progress_bars(not getattr(args, "quiet", False)):
             args.func(args)
-    except PeerFailed as err:
+    except PeerFailed as err:  # its message names this rank
         close_progress_bars()
-        print(f"circuits {args.command}: error{tag()}: {one_line(str(err))}; nothing was "
-              "written", file=sys.stderr)
+        print(f"circuits {args.command}: error: {one_line(str(err))}; nothing was written",
+              file=sys.stderr)
         return 1
     except (UsageError, ValueError, FileNotFoundError) as err:
         note_failure(err)

@@ -1,8 +1,9 @@
 """A subcommand as one of several ranks under torchrun (``python3 -m torch.distributed.run
 --nproc-per-node N -m circuits -- discover --n 100 ...``; the ``--`` keeps torchrun's own parser
 from reading ``--n`` as an abbreviation of its ``--nnodes``): every rank runs the same command
-on the same pairs, the library shards them and all-reduces the sums (circuits/distributed.py), and rank 0
-alone prints and writes the run directory (rundir.py gives the other ranks a scratch folder).
+on the same pairs, the library shards them and all-reduces the sums (circuits/distributed.py),
+and rank 0 alone prints and writes the run directory (rundir.py gives the other ranks a scratch
+folder).
 
 - The process group comes from torchrun's environment: gloo on the CPU, NCCL with CUDA (each
   rank on cuda:LOCAL_RANK).

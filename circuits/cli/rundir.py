@@ -34,6 +34,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -132,10 +133,25 @@ def _assemble(work: Path, path: Path, shown: Path, record) -> Iterator[Run]:
         (work / RUN_MARKER).write_text(json.dumps(record(), indent=1))
         old = replace(work, path, shown)
     except BaseException:  # work is still this run's own folder: nothing else is in it
-        shutil.rmtree(work, ignore_errors=True)
+        with _deferred(signal.SIGTERM):  # torchrun's SIGTERM (ranks.py) waits for the cleanup
+            shutil.rmtree(work, ignore_errors=True)
         raise
     if old is not None:
         _discard(old, path)
+
+
+@contextmanager
+def _deferred(signum: int) -> Iterator[None]:
+    """Hold the signal back for the block (it is delivered after it); POSIX, main thread."""
+    try:
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, {signum})
+    except (AttributeError, ValueError, OSError):  # no pthread_sigmask here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _scratch(shown: Path) -> Iterator[Run]:
