@@ -4,7 +4,7 @@ phase by phase, and what the measured per-pair costs say N ranks would take.
     python benchmarks/distributed.py [--n 200] [--task across_pp] [--pythia]
 
 Runs itself under ``torch.distributed.run`` four times: 1 process × 1 thread, 1 process × 2
-threads, 2 processes × 1 thread, and 1 × 1 on a quarter of the pairs. Each run loads the model
+threads, 2 processes × 1 thread, and 1 × 1 on one pair. Each run loads the model
 (timed as startup: import + load, paid by every rank at once), then times each phase between
 two barriers (a phase lasts as long as its slowest rank): relp node scores, ig node scores (10
 steps), the relp edges of the default circuit, and the evaluation (node means + faithfulness +
@@ -14,9 +14,10 @@ phase all-reduces, and the expected time of the phases for N ranks, for the meas
 
     T(N) = Σ_phases [ fixed_phase + n · c_phase / N + 2 (N−1)/N · B_phase / bandwidth ]
 
-with c_phase the per-pair cost and fixed_phase the rest, both from the two 1 × 1 runs, and a
-ring all-reduce of the B_phase bytes the phase reduces. This machine has 2 cores (and other
-work on them): expect little gain; the figures say how much.
+with c_phase the per-pair cost, (T_phase(n) − T_phase(1)) / (n − 1), and fixed_phase the rest
+of T_phase(1), both from the two 1 × 1 runs, and a ring all-reduce of the B_phase bytes the
+phase reduces. This machine has 2 cores (and other work on them): expect little gain; the
+figures say how much.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def main() -> None:
         worker(args)
         return
     runs = {(p, t): launch(p, t, args, args.n) for p, t in CONFIGS}
-    small = launch(1, 1, args, max(args.n // 4, 1))  # for the fixed part of each phase
+    small = launch(1, 1, args, 1)  # one pair: the fixed part of each phase
     base = runs[(1, 1)]
     print(f"{args.n} {args.task} pairs (and {args.n} held out), "
           f"{'Pythia-70M' if args.pythia else 'organism'}; circuit {base['nodes']} nodes, "
