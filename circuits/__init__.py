@@ -12,6 +12,9 @@ selection type and its validator in circuits/select.py.
 Reading a circuit: its features' top-activating contexts in a corpus (``feature_contexts`` ->
 ``FeatureContexts``, circuits/features.py), a reader's labels (circuits/labels.py) and the
 attribution-graph export Neuronpedia's viewer opens (``to_attribution_graph``, circuits/export.py).
+
+Data parallelism (circuits/distributed.py): inside a torch.distributed process group (torchrun)
+every sum over pairs is sharded across the ranks and all-reduced; one process runs as ever.
 """
 
 from circuits.attribute import attribute

@@ -6,6 +6,8 @@ or kept per position ("none", needs prompts of one token length), then averaged 
 unless ``per_example``. The metric is the "discovery" logit difference (patch answer − clean
 answer) on the clean run; a node's effect is metric(clean with the node patched to its patch-run
 value) − metric(clean). Methods are in circuits/methods/, one file each (see METHODS).
+Under torch.distributed (circuits/distributed.py) each rank scores its shard of the pairs and
+every rank gets the all-reduced sums (per-example rows: gathered in example order).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from circuits import distributed
 from circuits.context import AttributionContext
 from circuits.methods import METHODS, RuledOptions
 from circuits.methods import method as method_record
@@ -95,9 +98,15 @@ def attribute(
     totals: dict[str, Tensor] = {}
     rows: dict[str, list[Tensor]] = {s.name: [] for s in sites}
     start = time.perf_counter()
-    n_batches = math.ceil(len(data) / batch_size)
-    for batch in tqdm(data.batches(batch_size), total=n_batches, desc=f"attribute {method}",
-                      disable=not progress):
+    # under torch.distributed each rank scores its shard; an empty one scores the first pair
+    # with weight 0, so that its partial sums have the shapes and dtypes of the others'
+    local = distributed.shard_dataset(data, f"attribute {method}")
+    empty = len(local) == 0
+    if empty:
+        local = data.subset(slice(0, 1))
+    n_batches = math.ceil(len(local) / batch_size)
+    for batch in tqdm(local.batches(batch_size), total=n_batches, desc=f"attribute {method}",
+                      disable=not progress or not distributed.is_main()):
         batch = batch.to(device)
         ctx = AttributionContext(model, batch)
         for name, site_scores in spec.score_batch(ctx, options):  # [b, pos, n_nodes]
@@ -110,9 +119,15 @@ def attribute(
                 rows[name].append(site_scores)
             else:
                 totals[name] = totals.get(name, 0) + site_scores.sum(0)
-    if per_example:
-        result = {name: torch.cat(parts) for name, parts in rows.items()}
+    if per_example:  # in example order, every rank's rows
+        sizes = distributed.shard_sizes(len(data))
+        result = {name: distributed.gather_rows(torch.cat(parts)[: 0 if empty else None], sizes,
+                                                f"attribute {method}: per-example scores")
+                  for name, parts in rows.items()}
     else:
+        if empty:
+            totals = {name: torch.zeros_like(total) for name, total in totals.items()}
+        totals = distributed.reduce_sums(totals, f"attribute {method}: node score sums")
         result = {name: total / len(data) for name, total in totals.items()}
     log.info("%s on %d examples in %.1fs", method, len(data), time.perf_counter() - start)
     scores = Scores(

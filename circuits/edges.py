@@ -57,6 +57,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from circuits import distributed
 from circuits.context import AttributionContext
 from circuits.forward import forward
 from circuits.lrp_rules import rule_hooks, rules_for
@@ -225,11 +226,14 @@ def attribute_edges(
     metric = {s.name: torch.zeros(len(nodes[s.name]), device=device) for s in graph.last}
 
     start = time.perf_counter()
-    n_batches = math.ceil(len(data) / batch_size)
-    for batch in tqdm(data.batches(batch_size), total=n_batches, desc=f"edges {edge_method}",
-                      disable=not progress):
+    local = distributed.shard_dataset(data, f"edges {edge_method}")  # this rank's pairs
+    n_batches = math.ceil(len(local) / batch_size)
+    for batch in tqdm(local.batches(batch_size), total=n_batches, desc=f"edges {edge_method}",
+                      disable=not progress or not distributed.is_main()):
         ctx = AttributionContext(model, batch.to(device))
         _edges_of_batch(ctx, options, graph, masks, nodes, hooks, weights, metric)
+    weights = distributed.reduce_sums(weights, f"edges {edge_method}: edge weight sums")
+    metric = distributed.reduce_sums(metric, f"edges {edge_method}: metric edge sums")
     log.info("%s edges on %d examples in %.1fs", edge_method, len(data),
              time.perf_counter() - start)
     shapes = {name: tuple(m.shape) for name, m in masks.items()}

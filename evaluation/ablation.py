@@ -20,6 +20,10 @@ axis ([S·b, seq]) and each selection's masks broadcast over its b rows, never c
 The metric is discovery's (circuits.forward.metric) with the evaluation sign, logit[clean
 answer] − logit[patch answer] on the clean prompts, averaged over the evaluation set. Masks are
 checked by circuits.select.check_selection, the validator attribution and edges use too.
+
+Under torch.distributed (circuits/distributed.py) each rank runs its shard of the prompts; the
+sums of node values, the counts per position and the sums of metrics are all-reduced before
+they are divided, so every rank gets the means of the whole set.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from circuits import distributed
 from circuits.forward import Targets, forward
 from circuits.select import Selection, check_selection
 from saes.sites import Site
@@ -79,15 +84,23 @@ def node_means(
     sums_f: dict[str, Tensor] = {}
     sums_e: dict[str, Tensor] = {}
     counts = torch.zeros(seq, device=model.device)  # [pos] real rows at each position
-    for batch in data.batches(batch_size):
+    # under torch.distributed each rank sums its shard; an empty one runs the first prompt with
+    # weight 0, so that its sums have the shapes of the others'
+    local = distributed.shard_dataset(data, "node_means")
+    weight = float(len(local) > 0)
+    for batch in (local if weight else data.subset(slice(0, 1))).batches(batch_size):
         batch = batch.to(model.device)
-        valid = (torch.arange(seq, device=model.device)[None] < batch.lengths[:, None]).float()
+        valid = weight * (torch.arange(seq, device=model.device)[None]
+                          < batch.lengths[:, None]).float()
         nodes = _run_nodes(model, batch.patch_tokens)
         for site in sites:
             f, err = nodes[site.name]  # [b, pos, d_sae], [b, pos, d_in]
             sums_f[site.name] = sums_f.get(site.name, 0) + torch.einsum("bp,bpf->pf", valid, f)
             sums_e[site.name] = sums_e.get(site.name, 0) + torch.einsum("bp,bpd->pd", valid, err)
         counts += valid.sum(0)
+    sums_f = distributed.reduce_sums(sums_f, "node_means: feature sums")
+    sums_e = distributed.reduce_sums(sums_e, "node_means: error node sums")
+    counts = distributed.reduce_sum(counts, "node_means: counts")
     denom = counts.clamp(min=1)[:, None]  # [pos, 1]; a position no prompt reaches: mean 0
     return NodeMeans(
         features={k: v / denom for k, v in sums_f.items()},
@@ -157,12 +170,14 @@ def ablated_metrics(
     ablate = list(masks)
     totals = torch.zeros(len(selections), dtype=torch.float64)
 
-    rows = min(len(data), batch_size)  # prompts per forward
+    local = distributed.shard_dataset(data, "ablated_metrics")  # this rank's prompts
+    rows = max(1, min(len(local), batch_size))  # prompts per forward
     per_forward = max(1, batch_size // rows)  # selections per forward
     groups = [ablate[i : i + per_forward] for i in range(0, len(ablate), per_forward)]
-    n_steps = math.ceil(len(data) / rows) * (len(groups) + bool(plain))
-    bar = tqdm(total=n_steps, desc="ablate", disable=not progress, leave=False)
-    for batch in data.batches(rows):
+    n_steps = math.ceil(len(local) / rows) * (len(groups) + bool(plain))
+    bar = tqdm(total=n_steps, desc="ablate", disable=not progress or not distributed.is_main(),
+               leave=False)
+    for batch in local.batches(rows):
         batch = batch.to(model.device)
         if plain:
             value = _metric(model, batch, batch.clean_tokens, spliced=False).sum()
@@ -181,6 +196,7 @@ def ablated_metrics(
             totals[group] += value.view(len(group), -1).sum(1).double().cpu()
             bar.update()
     bar.close()
+    totals = distributed.reduce_sum(totals, "ablated_metrics: metric sums")
     return (totals / len(data)).float()
 
 

@@ -3,7 +3,9 @@
 its views (SVG, the interactive circuit.html, attribution-graph export; labels from
 --labels), JSON, a summary, and
 faithfulness/completeness on held-out pairs. Edges are computed by `build` with the library's
-edge method for the node method, or --edge-method."""
+edge method for the node method, or --edge-method. Under torchrun every rank takes its shard of
+the pairs (scores, edges, node means and faithfulness are all-reduced); rank 0 alone reads the
+feature contexts, draws the views and writes the run."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import json
 import time
 from pathlib import Path
 
+from circuits import distributed
 from circuits.attribute import attribute
 from circuits.circuit import build
 from circuits.cli.common import (
@@ -126,11 +129,13 @@ def run(args: argparse.Namespace) -> None:
         circuit.save(target.work / "circuit.json")
         started = time.perf_counter()
         features, read = ((None, "skipped (--no-features)") if args.no_features
+                          else (None, "on rank 0") if not distributed.is_main()
                           else contexts(model, circuit, corpus, args))
         if features is not None:
             features.save(target.work / FEATURES_FILE)
         feature_seconds = time.perf_counter() - started
-        write_views(target.work, circuit, features, slug=target.path.name)
+        if distributed.is_main():  # rank 0 alone writes the run (the others' folder is scratch)
+            write_views(target.work, circuit, features, slug=target.path.name)
         means = node_means(model, test)
         faith = faithfulness(model, circuit, test, means=means)
         complete = completeness(model, circuit, test, means=means)
@@ -149,6 +154,9 @@ def run(args: argparse.Namespace) -> None:
             "features": read, "seconds_nodes": round(node_seconds, 2),
             "seconds_circuit": round(edge_seconds, 2),
             "seconds_features": round(feature_seconds, 2),
+            "world_size": distributed.world_size(),  # processes (torchrun ranks), and each
+            "pairs_per_rank": {"discovery": distributed.shard_sizes(len(train)),  # one's shard
+                               "evaluation": distributed.shard_sizes(len(test))},
             "warnings": notes.messages,  # e.g. an empty circuit, a ratio from a small gap
         }
         (target.work / "summary.json").write_text(json.dumps(summary, indent=1))

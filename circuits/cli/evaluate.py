@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from circuits import distributed
 from circuits.cli.common import (
     UsageError,
     add_common,
@@ -61,6 +62,8 @@ def run(args: argparse.Namespace) -> None:
             "faithfulness": finite(faith.value), "completeness": finite(complete.value),
             "m_full": faith.m_full, "m_empty": faith.m_empty, "m_circuit": faith.m_circuit,
             "m_complement": complete.m_circuit, "intact_layers": args.intact_layers,
+            "world_size": distributed.world_size(),
+            "pairs_per_rank": distributed.shard_sizes(len(test)),
             "warnings": notes.messages,
         }
         (target.work / "evaluation.json").write_text(json.dumps(result, indent=1))

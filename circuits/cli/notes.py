@@ -9,6 +9,8 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from circuits import distributed
+
 
 class Notes:
     """The warnings raised so far inside ``recorded_warnings``."""
@@ -35,5 +37,6 @@ def recorded_warnings() -> Iterator[Notes]:
         warnings.simplefilter("always")
         notes = Notes(caught)
         yield notes
-    for message in notes.messages:
-        print(f"warning: {message}", file=sys.stderr)
+    if distributed.is_main():  # under torchrun the other ranks raise the same warnings
+        for message in notes.messages:
+            print(f"warning: {message}", file=sys.stderr)

@@ -15,6 +15,10 @@
 - The old run is then deleted file by file from its own list: a run deletes only what a run
   wrote. Hidden siblings a killed run left (their PID is in the name) are cleaned up by the next
   run into the same --out.
+- Under torchrun (several ranks, circuits/cli/ranks.py) rank 0 alone writes the run directory;
+  the others write into a private scratch folder that is removed. Before rank 0 writes run.json
+  and moves the run into place, every rank meets in one collective: if a rank has failed, that
+  collective fails on rank 0 and the partial folder is removed.
 - A command that adds to an existing run (``circuits features``, ``circuits label``) amends it
   the same way (`amend_run`): the run's files are copied into a partial sibling, changed there,
   and swapped in whole; run.json keeps the original command and lists the amendments.
@@ -30,6 +34,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -38,6 +43,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from circuits import distributed
 from circuits.cli.common import UsageError
 
 RUN_MARKER = "run.json"  # written last into every run directory
@@ -60,6 +66,9 @@ def run_dir(out: Path | None, name: str, args: argparse.Namespace,
     inside the block removes the partial folder and leaves ``out`` as it was.
     """
     shown = out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not distributed.is_main():  # another rank under torchrun: rank 0 writes the run
+        yield from _scratch(shown)
+        return
     path = Path(os.path.abspath(shown))
     _make_parent(path, shown)
     with _locked(path, shown):
@@ -120,13 +129,37 @@ def _assemble(work: Path, path: Path, shown: Path, record) -> Iterator[Run]:
     the block) and put ``work`` in place of ``path``. A failure removes ``work``."""
     try:
         yield Run(shown, work)
+        distributed.check_peers("before rank 0 writes the run")  # every rank got to the end
         (work / RUN_MARKER).write_text(json.dumps(record(), indent=1))
         old = replace(work, path, shown)
     except BaseException:  # work is still this run's own folder: nothing else is in it
-        shutil.rmtree(work, ignore_errors=True)
+        with _deferred(signal.SIGTERM):  # torchrun's SIGTERM (ranks.py) waits for the cleanup
+            shutil.rmtree(work, ignore_errors=True)
         raise
     if old is not None:
         _discard(old, path)
+
+
+@contextmanager
+def _deferred(signum: int) -> Iterator[None]:
+    """Hold the signal back for the block (it is delivered after it); POSIX, main thread."""
+    try:
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, {signum})
+    except (AttributeError, ValueError, OSError):  # no pthread_sigmask here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def _scratch(shown: Path) -> Iterator[Run]:
+    """A rank other than 0 writes into a private temporary folder, removed afterwards; it waits
+    at the end for the others (the collective before rank 0 moves the run into place)."""
+    with tempfile.TemporaryDirectory(prefix=f"circuits-rank{distributed.rank()}-") as work:
+        yield Run(shown, Path(work))
+        distributed.check_peers("before rank 0 writes the run")
 
 
 # ---- what may be replaced --------------------------------------------------------------------

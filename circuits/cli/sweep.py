@@ -9,6 +9,7 @@ import argparse
 
 import pandas as pd
 
+from circuits import distributed
 from circuits.attribute import attribute
 from circuits.circuit import circuit_edges
 from circuits.cli.common import (
@@ -93,7 +94,8 @@ def run(args: argparse.Namespace) -> None:
             table = pd.concat([table, extra], ignore_index=True)
         table.insert(0, "task", args.task)
         table.to_csv(target.work / "sweep.csv", index=False)
-        plot_sweep(table, target.work / "sweep", title=f"{model.name}: {args.task}")
+        if distributed.is_main():  # rank 0 alone writes the run (the others' folder is scratch)
+            plot_sweep(table, target.work / "sweep", title=f"{model.name}: {args.task}")
         shown = ["method", "threshold", "top_k", "n_nodes", "faithfulness", "completeness", "cpr",
                  "cmd"]
         print(table[shown].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
