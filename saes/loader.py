@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -272,7 +273,9 @@ def _release_dictionary(
     from sae_lens import SAE
 
     try:
-        with _shapes_from_local_cache():
+        with _shapes_from_local_cache(), warnings.catch_warnings():
+            # sae_lens asks for its model_from_pretrained_kwargs: model_processing applied them
+            warnings.filterwarnings("ignore", "This SAE has non-empty model_from_pretrained")
             sae = _checked_sae(partial(SAE.from_pretrained, ref.release, ref.sae_id, device="cpu"),
                                ref.source)
     except (OSError, LocalEntryNotFoundError, OfflineModeIsEnabled) as err:

@@ -225,13 +225,13 @@ def model_processing(refs: list[DictionaryRef]) -> dict[str, bool]:
 
 
 def _check_one_per_hook(refs: list[DictionaryRef], bare: set[str]) -> None:
-    """Two dictionaries at one hook point would be two at one site: refused, naming both (and
-    the variants, where a release in ``bare`` was named without one)."""
-    seen: dict[str, DictionaryRef] = {}
+    """Two dictionaries at one hook point of one model would be two at one site: refused, naming
+    both (and the variants, where a release in ``bare`` was named without one)."""
+    seen: dict[tuple[str, str], DictionaryRef] = {}
     for ref in refs:
         if ref.hook_name is None:
             continue
-        other = seen.setdefault(ref.hook_name, ref)
+        other = seen.setdefault((ref.model, ref.hook_name), ref)
         if other is not ref:
             hint = (f"; pick a variant, {ref.release}:VARIANT: "
                     f"{_contents(directory()[ref.release])}" if ref.release in bare else "")

@@ -8,9 +8,11 @@ them) and keeps every other field, so the architecture (parallel or sequential b
 grouped-query attention, rotary scaling, tied embeddings, norms) is the real model's.
 
 The tokenizer is the real one where a file of it is in this repository (GPT-NeoX's, for the
-Pythia family); otherwise a stand-in, the model organism's 313-word tokenizer (the agreement
-grammar's words), and then a tiny model's vocabulary is 320. Every stand-in checkpoint holds
-``standin.json`` saying what it is, and saes.hub warns when it loads one.
+Pythia family); otherwise a stand-in: a byte-level BPE whose words are the model organism's
+(the agreement grammar's 310 words, each one token; any other text falls back to bytes), BPE
+because transformers rebuilds some models' tokenizers (Qwen2's) from a BPE vocabulary and merges
+whatever tokenizer.json says. A tiny model's vocabulary is then the stand-in's. Every stand-in
+checkpoint holds ``standin.json`` saying what it is, and saes.hub warns when it loads one.
 """
 
 from __future__ import annotations
@@ -38,9 +40,13 @@ NEOX_TOKENIZER_CONFIG = {
     "unk_token": "<|endoftext|>",
     "tokenizer_class": "GPTNeoXTokenizer",
 }
-STAND_IN_TOKENIZER = Path(__file__).resolve().parent / "organism" / "weights"
+ORGANISM = Path(__file__).resolve().parent / "organism" / "weights"
+SPECIAL = ("<|endoftext|>", "<|padding|>", "<|unk|>")  # ids 0, 1, 2, as the organism's
+STAND_IN_TOKENIZER_CONFIG = {
+    "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|padding|>",
+    "unk_token": "<|unk|>", "model_max_length": 1024, "tokenizer_class": "PreTrainedTokenizerFast",
+}
 TINY_LAYERS = 3
-TINY_VOCAB = 320  # the stand-in tokenizer's 313 words, rounded up
 # model_type -> the fields --tiny changes (all others stay the real config's)
 TINY: dict[str, dict[str, int]] = {
     "gpt2": {"n_layer": TINY_LAYERS, "n_embd": 64, "n_head": 4},
@@ -81,8 +87,11 @@ def stand_in_config(repo_id: str, *, tiny: bool) -> dict[str, Any]:
     if kind not in TINY:
         raise ValueError(f"--tiny shrinks {', '.join(TINY)} models, not {kind} ({repo_id})")
     config = {**config, **TINY[kind]}
-    if not _real_tokenizer(config):
-        config["vocab_size"] = TINY_VOCAB
+    if not _real_tokenizer(config):  # the stand-in's vocabulary, its special tokens' ids
+        config.update(vocab_size=stand_in_tokenizer().get_vocab_size(), bos_token_id=0,
+                      eos_token_id=0)
+        if "pad_token_id" in config:
+            config["pad_token_id"] = 1
     return config
 
 
@@ -132,10 +141,37 @@ def _write_tokenizer(snapshot: Path, config: dict[str, Any]) -> str:
         (snapshot / "special_tokens_map.json").write_text(json.dumps(
             {k: NEOX_TOKENIZER_CONFIG[k] for k in ("bos_token", "eos_token", "unk_token")}))
         return "the real one (GPT-NeoX-20B's)"
-    shutil.copy(STAND_IN_TOKENIZER / "tokenizer.json", snapshot / "tokenizer.json")
-    tokenizer_config = json.loads((STAND_IN_TOKENIZER / "tokenizer_config.json").read_text())
-    what = ("a STAND-IN, the model organism's 313-word tokenizer (the agreement grammar's "
-            "words), not the model's own: no file of it is in this repository")
-    tokenizer_config["stand_in"] = what
-    (snapshot / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    stand_in_tokenizer().save(str(snapshot / "tokenizer.json"))
+    what = ("a STAND-IN, a byte-level BPE of the model organism's words (the agreement "
+            "grammar's), not the model's own: no file of it is in this repository")
+    config = {**STAND_IN_TOKENIZER_CONFIG, "stand_in": what}
+    (snapshot / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     return what
+
+
+def stand_in_tokenizer() -> Any:
+    """A byte-level BPE (``tokenizers.Tokenizer``) in which each word of the organism's
+    tokenizer is one token: the 256 byte symbols, every prefix of every word, and merges
+    (prefix, next symbol). Every word starts with Ġ (a space) or a capital, so no merge can
+    apply inside a word before its own chain: each word encodes as itself (checked)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    words = [w for w in json.loads((ORGANISM / "tokenizer.json").read_text())["model"]["vocab"]
+             if w not in SPECIAL]
+    vocab = {token: i for i, token in enumerate(SPECIAL)}
+    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab.setdefault(symbol, len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in sorted(words, key=lambda w: (len(w), w)):
+        for end in range(2, len(word) + 1):
+            if word[:end] not in vocab:
+                merges.append((word[: end - 1], word[end - 1]))
+                vocab[word[:end]] = len(vocab)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([AddedToken(t, special=True) for t in SPECIAL])
+    split = [w for w in words if tokenizer.encode(w.replace("Ġ", " ")).ids != [vocab[w]]]
+    if split:
+        raise RuntimeError(f"the stand-in tokenizer splits {split[:5]}")
+    return tokenizer
