@@ -275,7 +275,7 @@ def _release_dictionary(
     try:
         with _shapes_from_local_cache(), warnings.catch_warnings():
             # sae_lens asks for its model_from_pretrained_kwargs: model_processing applied them
-            warnings.filterwarnings("ignore", "This SAE has non-empty model_from_pretrained")
+            warnings.filterwarnings("ignore", r"\s*This SAE has non-empty model_from_pretrained")
             sae = _checked_sae(partial(SAE.from_pretrained, ref.release, ref.sae_id, device="cpu"),
                                ref.source)
     except (OSError, LocalEntryNotFoundError, OfflineModeIsEnabled) as err:

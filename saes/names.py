@@ -28,6 +28,14 @@ from typing import Literal
 MODELS = ("organism", "pythia-70m-deduped", "gemma-3-270m")  # the named models
 HUB_IDS = {"pythia-70m-deduped": "EleutherAI/pythia-70m-deduped",
            "gemma-3-270m": "google/gemma-3-270m"}  # the named models' hub repos
+DESCRIPTIONS = {
+    "organism": "4-layer Pythia-architecture model trained here on an agreement grammar, SAEs "
+                "at all 13 sites; shipped in this repo, offline (the default)",
+    "pythia-70m-deduped": "EleutherAI/pythia-70m-deduped from the hub, with the Marks et al. "
+                          "dictionaries by default (pythia-70m-deduped-{res,att,mlp}-sm)",
+    "gemma-3-270m": "google/gemma-3-270m from PyPI (a quantized GGUF, dequantized); "
+                    "dictionaries: Gemma Scope 2 releases, or those trained here ('trained')",
+}
 EXAMPLES = ("gpt2", "EleutherAI/pythia-160m", "Qwen/Qwen2.5-0.5B", "meta-llama/Llama-3.2-1B")
 
 Kind = Literal["named", "hub", "local"]
@@ -50,6 +58,11 @@ def _aliases() -> dict[str, str]:
     from transformer_lens.loading_from_pretrained import make_model_alias_map
 
     return make_model_alias_map()
+
+
+def transformer_lens_models() -> list[str]:
+    """Every official model name transformer_lens knows (each loads by name here)."""
+    return sorted(set(_aliases().values()), key=str.lower)
 
 
 def official(name: str) -> str | None:
@@ -91,12 +104,14 @@ def unknown_model(name: str) -> str:
 
 def identity(name: str) -> str:
     """What two names are compared by: transformer_lens' official name in lower case (a named
-    model's hub id's; a local folder's folder name's), else the name itself in lower case."""
+    model's hub id's; a local folder's folder name's), else the name without its hub
+    organisation in lower case (``Qwen/Qwen3-1.7B-Base`` -> ``qwen3-1.7b-base``, which a local
+    folder ``.../Qwen3-1.7B-Base`` matches)."""
     if name in HUB_IDS:
         name = HUB_IDS[name]
     elif Path(name).is_absolute() or (Path(name).expanduser() / "config.json").is_file():
         name = Path(name).name
-    return (official(name) or name).lower()
+    return (official(name) or name.rstrip("/").split("/")[-1]).lower()
 
 
 def same_model(a: str, b: str) -> bool:

@@ -266,3 +266,38 @@ def _unknown_release(release: str, model: str | None, found: dict[str, Any]) -> 
     maybe = f" (did you mean {', '.join(close)}?)" if close else ""
     return (f"unknown sae_lens release {release!r}{maybe}; {_releases_line(model)} (dictionaries= "
             "takes a release string, True, False, None or 'neurons')")
+
+
+@dataclass(frozen=True)
+class ReleaseSummary:
+    """What a release holds, from sae_lens' directory alone (nothing is downloaded)."""
+
+    release: str
+    model: str  # as the directory names it
+    n: int  # dictionaries
+    hook_kinds: tuple[str, ...]  # hook points, without "blocks.L." (None where naming tells none)
+    layers: tuple[int, ...]
+    variants: tuple[str, ...]
+    l0: tuple[float, float] | None  # the smallest and largest stated mean L0
+    loader: str  # sae_lens' conversion function ("sae_lens": its own format)
+
+
+def summary(release: str) -> ReleaseSummary:
+    lookup = directory()[release]
+    refs = [_ref(lookup, sae_id) for sae_id in lookup.saes_map]
+    kinds = sorted({re.sub(r"^blocks\.\d+\.", "", r.hook_name) if r.hook_name else "?"
+                    for r in refs})
+    l0s = [r.l0 for r in refs if r.l0]
+    return ReleaseSummary(
+        release=release, model=model_of(lookup), n=len(refs), hook_kinds=tuple(kinds),
+        layers=tuple(sorted({r.layer for r in refs if r.layer is not None})),
+        variants=tuple(variants(lookup)), l0=(min(l0s), max(l0s)) if l0s else None,
+        loader=lookup.conversion_func or "sae_lens")
+
+
+def models_with_releases() -> dict[str, list[str]]:
+    """The directory's models (as it names them) -> their releases."""
+    found: dict[str, list[str]] = defaultdict(list)
+    for release, lookup in directory().items():
+        found[model_of(lookup)].append(release)
+    return {m: sorted(rs) for m, rs in sorted(found.items(), key=lambda kv: kv[0].lower())}
