@@ -145,10 +145,12 @@ def _by_name(name: str, hf_config: Any) -> dict[str, Any]:
     """transformer_lens' config for model ``name`` (an architecture it configures by name only),
     checked against the checkpoint's shapes."""
     architecture = hf_config.architectures[0]
-    official = tl_loading.make_model_alias_map().get(name.lower())
+    aliases = tl_loading.make_model_alias_map()  # a folder: the name it is called by
+    official = aliases.get(name.lower()) or aliases.get(Path(name).name.lower())
     if official is None:
         raise ValueError(f"transformer_lens configures {architecture} models by name only, and "
-                         f"{name} is none it knows; load it by its transformer_lens name")
+                         f"{name} is none it knows; load it by its transformer_lens name (or "
+                         "from a folder named after it)")
     cfg = tl_loading.convert_hf_model_config(official)
     text = getattr(hf_config, "text_config", None) or hf_config
     shapes = {"d_model": "hidden_size", "n_layers": "num_hidden_layers",

@@ -96,10 +96,11 @@ def pythia_cache() -> Path:
 # Tiny stand-ins of models of other families (saes.standins, --tiny: 3 layers, d_model 64), with
 # dictionaries in their releases' real hub layouts, d_sae=128: GPT-2 small with
 # gpt2-small-res-jb (layers 0-2: embed, resid_0, resid_1), Llama-3.1-8B with Llama Scope (resid
-# at 0-2, attention and MLP outputs at 1), and, without releases, Qwen2.5-0.5B and Pythia-160M.
+# at 0-2, attention and MLP outputs at 1), and, without releases, Qwen2.5-0.5B, Pythia-160M and
+# Llama-3.2-1B.
 STAND_IN_RELEASES = ["gpt2-small-res-jb", "llama_scope_lxr_8x", "llama_scope_lxa_8x:l1a_8x",
                      "llama_scope_lxm_8x:l1m_8x"]
-STAND_IN_MODELS = ["Qwen/Qwen2.5-0.5B", "EleutherAI/pythia-160m"]
+STAND_IN_MODELS = ["Qwen/Qwen2.5-0.5B", "EleutherAI/pythia-160m", "meta-llama/Llama-3.2-1B"]
 STAND_IN_D_SAE = 128
 GPT2_SPEC = "+".join(f"gpt2-small-res-jb:blocks.{n}.hook_resid_pre" for n in range(3))
 LLAMA_SPEC = "+".join([*(f"llama_scope_lxr_8x:l{n}r_8x" for n in range(3)),

@@ -1,7 +1,7 @@
 """Any model transformer_lens knows, by name, with the sae_lens releases made for it: the hub code
 path (transformers, then transformer_lens unprocessed, then sae_lens) against tiny offline
 stand-ins (tests/conftest.py: GPT-2 small with gpt2-small-res-jb, Llama-3.1-8B with Llama Scope,
-Qwen2.5-0.5B and Pythia-160M without releases), and model names and release matching without
+Qwen2.5-0.5B, Llama-3.2-1B and Pythia-160M without releases), and model names and release matching without
 loading anything."""
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ CASES = {
     "qwen": dict(name="qwen2.5-0.5b", spec="neurons", loaded_as="Qwen/Qwen2.5-0.5B+neurons",
                  architecture="Qwen2ForCausalLM", family="qwen", parallel=False, kv=2,
                  norm="RMS", bos=False, sites=None),
+    "llama-3.2": dict(name="meta-llama/Llama-3.2-1B", spec="neurons",
+                      loaded_as="meta-llama/Llama-3.2-1B+neurons", architecture="LlamaForCausalLM",
+                      family="llama", parallel=False, kv=2, norm="RMS", bos=True, sites=None),
     "pythia-160m": dict(name="EleutherAI/pythia-160m", spec="neurons",
                         loaded_as="EleutherAI/pythia-160m+neurons",
                         architecture="GPTNeoXForCausalLM", family="neox", parallel=True, kv=None,
@@ -152,6 +155,27 @@ def test_a_local_checkpoint_folder_loads_and_matches_releases_by_its_name(stand_
     other = shutil.copytree(snapshot, tmp_path / "my-checkpoint")
     with pytest.raises(ValueError, match=r"made for gpt2-small, not .*my-checkpoint"):
         load(str(other), dictionaries="gpt2-small-res-jb", device="cpu")
+
+
+def test_an_architecture_configured_by_name_only_is_checked_against_the_checkpoint():
+    """transformer_lens keeps Gemma 2's config by model name: a checkpoint of other shapes
+    (a shrunk stand-in) is refused, saying so, rather than converted wrongly."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM, PreTrainedTokenizerFast
+
+    from saes.hub import to_hooked
+    from saes.standins import stand_in_tokenizer
+
+    config = Gemma2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                          vocab_size=980)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=stand_in_tokenizer())
+    with pytest.raises(ValueError, match=r"keeps google/gemma-2-2b's config by name "
+                                         r"\(Gemma2ForCausalLM\), and this checkpoint's shapes "
+                                         r"differ from it \{'d_model': \(2304, 64\)"):
+        to_hooked(Gemma2ForCausalLM(config), tokenizer, name="google/gemma-2-2b")
+    with pytest.raises(ValueError, match=r"configures Gemma2ForCausalLM models by name only, "
+                                         r"and /tmp/my-checkpoint is none it knows"):
+        to_hooked(Gemma2ForCausalLM(config), tokenizer, name="/tmp/my-checkpoint")
 
 
 # ---- names and release matching: nothing is loaded -------------------------------------------
