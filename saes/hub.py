@@ -121,7 +121,7 @@ def to_hooked(hf_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, 
         state_dict, fold_ln=False, center_writing_weights=center_writing_weights,
         center_unembed=False, fold_value_biases=False,
     )
-    model.to(device)
+    model.to(device, print_details=False)
     return model.eval()
 
 

@@ -1,8 +1,8 @@
 """Any model transformer_lens knows, by name, with the sae_lens releases made for it: the hub code
 path (transformers, then transformer_lens unprocessed, then sae_lens) against tiny offline
 stand-ins (tests/conftest.py: GPT-2 small with gpt2-small-res-jb, Llama-3.1-8B with Llama Scope,
-Qwen2.5-0.5B, Llama-3.2-1B and Pythia-160M without releases), and model names and release matching without
-loading anything."""
+Qwen2.5-0.5B, Llama-3.2-1B and Pythia-160M without releases), and model names and release
+matching without loading anything."""
 
 from __future__ import annotations
 
