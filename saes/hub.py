@@ -18,7 +18,6 @@ the checkpoint's shapes. GPT-NeoX checkpoints go through saes.neox, the organism
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import warnings
 from pathlib import Path
@@ -32,11 +31,13 @@ from transformers import GPTNeoXConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from saes.neox import neox_to_hooked
 
-log = logging.getLogger(__name__)
-
 STAND_IN_FILE = "standin.json"  # written by saes.offline_cache into every stand-in checkpoint
 # words in a path that make transformer_lens configure by name instead of by architecture
 _NAME_KEYED = ("llama", "gemma")
+
+
+class StandInWarning(UserWarning):
+    """The checkpoint loaded is an offline stand-in (random weights), not the model."""
 
 
 class WeightsUnavailable(FileNotFoundError):
@@ -63,8 +64,8 @@ def load_hub_model(source: str, name: str, *, device: str, dtype: torch.dtype,
             f"({err.__class__.__name__})"
         ) from err
     note = stand_in_note(source)
-    if note:
-        log.warning("%s is an offline stand-in: %s", source, note)
+    if note:  # a run records it (circuits.cli.notes); circuits found on it mean nothing
+        warnings.warn(f"{source} is an offline stand-in: {note}", StandInWarning, stacklevel=2)
     return to_hooked(hf_model, tokenizer, name=name, device=device, dtype=dtype,
                      center_writing_weights=center_writing_weights)
 
