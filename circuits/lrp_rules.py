@@ -17,7 +17,10 @@ time through ``model.hooks(...)``; nothing is patched into the model.
     ah        softmax attention pattern             pattern constant: hook_pattern -> detach
     (0-rule)  linear maps                           the plain gradient; nothing to do
 
-Rule sets per architecture family are the small table FAMILIES below; ``rules=`` overrides.
+Rule sets per architecture family are the small table FAMILIES below, and ARCHITECTURES maps
+transformer_lens' ``cfg.original_architecture`` to a family (a model whose loader names no family
+gets its architecture's); ``rules=`` overrides. An architecture not in the table has no rule set:
+RelP on it is an error that says how to pass ``rules=``.
 Identity and half act on the same MLP hook point (``mlp.hook_post``), so they share one hook.
 
 Why the table says what it says. Gemma: measured on Gemma-3-270M at component level against
@@ -58,18 +61,45 @@ FAMILIES: dict[str, tuple[RuleName, ...]] = {
     "qwen": ("ln", "identity", "half"),
 }
 
+# transformer_lens' original_architecture -> family: the family's rules fit its norms (LayerNorm
+# or RMSNorm) and MLP (plain or gated)
+ARCHITECTURES: dict[str, str] = {
+    "GPTNeoXForCausalLM": "neox",
+    "GPT2LMHeadModel": "gpt2",
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "llama",
+    "Qwen2ForCausalLM": "qwen",
+    "Qwen3ForCausalLM": "qwen",
+    "GemmaForCausalLM": "gemma",
+    "Gemma2ForCausalLM": "gemma",
+    "Gemma3ForCausalLM": "gemma",
+}
+
 EPS = 1e-6  # |pre-activation| below this: use act(±EPS)/(±EPS) as the identity-rule ratio
+
+
+def family_of(model: SplicedModel) -> str | None:
+    """The model's architecture family: the one its loader names, else its architecture's
+    (ARCHITECTURES), else None."""
+    if model.family is not None:
+        return model.family
+    return ARCHITECTURES.get(str(model.cfg.original_architecture))
 
 
 def rules_for(model: SplicedModel, rules: Sequence[str] | None) -> tuple[RuleName, ...]:
     """The rule set to use: ``rules`` if given, else the model family's set."""
     if rules is None:
-        if model.family not in FAMILIES:
+        family = family_of(model)
+        if family not in FAMILIES:
+            what = (f"model family {family!r}" if family is not None else
+                    f"architecture {model.cfg.original_architecture!r} of {model.name}")
             raise ValueError(
-                f"no LRP rule set for model family {model.family!r} (known: "
-                f"{', '.join(FAMILIES)}); pass rules= with names from {list(RULES)}"
+                f"no LRP rule set for {what} (known families: {', '.join(FAMILIES)}; "
+                f"architectures: {', '.join(ARCHITECTURES)}); pass rules= with names from "
+                f"{list(RULES)}, e.g. attribute(model, data, 'relp', rules=('ln', 'identity')) "
+                "(--rules ln,identity on the command line; 'half' too for a gated MLP)"
             )
-        return FAMILIES[model.family]
+        return FAMILIES[family]
     if isinstance(rules, str):
         raise ValueError(f"rules must be a sequence of rule names, got the string {rules!r}; "
                          f"e.g. rules=({rules!r},)")

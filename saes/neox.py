@@ -53,8 +53,10 @@ def neox_to_hooked(
     *,
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
+    center_writing_weights: bool = False,
 ) -> HookedTransformer:
-    """A HookedTransformer with the checkpoint's weights, unprocessed."""
+    """A HookedTransformer with the checkpoint's weights, unprocessed (but for centred writing
+    weights where a release's dictionaries ask for them, saes.releases.model_processing)."""
     if not isinstance(hf_model.config, GPTNeoXConfig):
         raise TypeError(
             f"{type(hf_model).__name__} has a {type(hf_model.config).__name__}; neox_to_hooked "
@@ -67,7 +69,7 @@ def neox_to_hooked(
     model.load_and_process_state_dict(
         state_dict,
         fold_ln=False,
-        center_writing_weights=False,
+        center_writing_weights=center_writing_weights,
         center_unembed=False,
         fold_value_biases=False,
     )

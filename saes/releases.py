@@ -26,11 +26,17 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from saes.sites import attn_point, mlp_out, resid_post
+from saes.names import same_model
+from saes.sites import attn_out, attn_point, mlp_out, resid_post
 
 SEPARATOR = "+"
 _LAYER_ID = re.compile(r"layer_(\d+)_(.+)")
-_HOOK_ID = re.compile(r"blocks\.\d+\.(?:attn\.|mlp\.)?hook_[a-z_]+?(?=__|$)")
+_HOOK_ID = re.compile(r"blocks\.\d+\.(?:attn\.|mlp\.)?hook_[a-z_]+?(?=__|_\d+$|$)")
+# Llama Scope folders end in L{layer}{R|A|M}: the residual stream after the block, the
+# attention output, the MLP output (hyperparams.json's hook_point_in, e.g.
+# blocks.19.hook_resid_post)
+_LLAMA_SCOPE = re.compile(r"L(\d+)([RAM])(?:-\d+x)?$")
+LLAMA_SCOPE_HOOKS = {"R": resid_post, "A": attn_out, "M": mlp_out}
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,9 @@ class DictionaryRef:
     hook_name: str | None  # the hook point it reads, when the release's naming tells
     neuronpedia_id: str | None
     l0: float | None  # mean L0 the directory states, None where it states none
+    # how the model was processed when the dictionary was trained, where the directory says
+    # (its config_overrides' model_from_pretrained_kwargs), as sorted (key, value) pairs
+    model_kwargs: tuple[tuple[str, Any], ...] = ()
 
     @property
     def source(self) -> str:
@@ -68,13 +77,20 @@ def directory() -> dict[str, Any]:
 
 
 def model_of(lookup: Any) -> str:
-    """The model a release was made for, as ``load()`` names models (no hub organisation)."""
-    return str(lookup.model).split("/")[-1]
+    """The model a release was made for, as sae_lens' directory names it (``gpt2-small``,
+    ``google/gemma-3-270m``); ``made_for`` compares it with a ``load()`` name."""
+    return str(lookup.model)
+
+
+def made_for(lookup: Any, model: str) -> bool:
+    """Whether the release was made for ``model`` (a ``load()`` name, an alias, a hub id: all
+    mapped to transformer_lens' official name, saes.names)."""
+    return same_model(model_of(lookup), model)
 
 
 def releases_for(model: str) -> list[str]:
-    """The directory's releases made for ``model`` (a ``load()`` model name)."""
-    return sorted(r for r, lookup in directory().items() if model_of(lookup) == model)
+    """The directory's releases made for ``model`` (a ``load()`` model name or any alias)."""
+    return sorted(r for r, lookup in directory().items() if made_for(lookup, model))
 
 
 def parse(spec: str) -> list[tuple[str, str | None]]:
@@ -105,8 +121,13 @@ def variants(lookup: Any) -> dict[str, list[int]]:
 def expected_hook_name(lookup: Any, sae_id: str) -> str | None:
     """The hook point a dictionary reads, from the release's naming alone (None if it does not
     tell). Gemma Scope 2: as sae_lens' gemma_3 loader maps folder names (attn_out reads the
-    heads before W_O, ``attn.hook_z``; transcoders read ``hook_mlp_in``)."""
+    heads before W_O, ``attn.hook_z``; transcoders read ``hook_mlp_in``). Llama Scope: the
+    folder's last letter. Ids that are hook names: that hook name (``blocks.L.hook_z`` spelt as
+    transformer_lens does, ``blocks.L.attn.hook_z``; a width suffix such as ``_768`` dropped)."""
     path = lookup.saes_map[sae_id]
+    if lookup.conversion_func in ("llama_scope", "llama_scope_r1_distill"):
+        found = _LLAMA_SCOPE.search(path)
+        return LLAMA_SCOPE_HOOKS[found.group(2)](int(found.group(1))) if found else None
     if lookup.conversion_func == "gemma_3":
         match = re.search(r"layer_(\d+)", path)
         if match is None:
@@ -120,7 +141,9 @@ def expected_hook_name(lookup: Any, sae_id: str) -> str | None:
                 return hook(layer)
         return None
     match = _HOOK_ID.match(sae_id)
-    return match.group(0) if match else None
+    if match is None:
+        return None
+    return re.sub(r"^(blocks\.\d+)\.hook_z$", r"\1.attn.hook_z", match.group(0))
 
 
 def resolve(spec: str, model: str | None = None) -> list[DictionaryRef]:
@@ -134,7 +157,7 @@ def resolve(spec: str, model: str | None = None) -> list[DictionaryRef]:
         lookup = found.get(release)
         if lookup is None:
             raise ValueError(_unknown_release(release, model, found))
-        if model is not None and model_of(lookup) != model:
+        if model is not None and not made_for(lookup, model):
             raise ValueError(
                 f"release {release!r} is made for {lookup.model}, not {model}; "
                 f"{_releases_line(model)}"
@@ -169,17 +192,46 @@ def _ref(lookup: Any, sae_id: str) -> DictionaryRef:
         hook_name=expected_hook_name(lookup, sae_id),
         neuronpedia_id=lookup.neuronpedia_id.get(sae_id),
         l0=float(l0) if l0 else None,  # the directory reads a missing l0 as 0.0
+        model_kwargs=tuple(sorted(((lookup.config_overrides or {}).get(
+            "model_from_pretrained_kwargs") or {}).items())),
     )
 
 
+# transformer_lens processing that changes no site's activation (the norms' insides, the logits
+# by a constant): the unprocessed model serves dictionaries trained with it
+NO_SITE_EFFECT = ("fold_ln", "center_unembed")
+
+
+def model_processing(refs: list[DictionaryRef]) -> dict[str, bool]:
+    """The weight processing the model must be loaded with for these dictionaries:
+    ``{"center_writing_weights": bool}``. Dictionaries trained on a processed model read the
+    processed model's activations: gpt2-small-res-jb's were trained on GPT-2 with centred
+    writing weights (each sublayer's and the embedding's output has mean 0 over d_model; the
+    model computes the same function, its residual stream is moved). Dictionaries that ask for
+    different processing, or for processing other than that, are refused."""
+    asked: dict[bool, DictionaryRef] = {}
+    for ref in refs:
+        kwargs = dict(ref.model_kwargs)
+        other = sorted(set(kwargs) - {"center_writing_weights", *NO_SITE_EFFECT})
+        if other:
+            raise ValueError(f"{ref.source} was trained on a model loaded with {kwargs}; "
+                             f"processing {other} is not supported here")
+        asked.setdefault(bool(kwargs.get("center_writing_weights", False)), ref)
+    if len(asked) > 1:
+        raise ValueError(f"{asked[True].source} was trained on the model with centred writing "
+                         f"weights, {asked[False].source} on the unprocessed model: load them "
+                         "separately")
+    return {"center_writing_weights": next(iter(asked), False)}
+
+
 def _check_one_per_hook(refs: list[DictionaryRef], bare: set[str]) -> None:
-    """Two dictionaries at one hook point would be two at one site: refused, naming both (and
-    the variants, where a release in ``bare`` was named without one)."""
-    seen: dict[str, DictionaryRef] = {}
+    """Two dictionaries at one hook point of one model would be two at one site: refused, naming
+    both (and the variants, where a release in ``bare`` was named without one)."""
+    seen: dict[tuple[str, str], DictionaryRef] = {}
     for ref in refs:
         if ref.hook_name is None:
             continue
-        other = seen.setdefault(ref.hook_name, ref)
+        other = seen.setdefault((ref.model, ref.hook_name), ref)
         if other is not ref:
             hint = (f"; pick a variant, {ref.release}:VARIANT: "
                     f"{_contents(directory()[ref.release])}" if ref.release in bare else "")
@@ -214,3 +266,38 @@ def _unknown_release(release: str, model: str | None, found: dict[str, Any]) -> 
     maybe = f" (did you mean {', '.join(close)}?)" if close else ""
     return (f"unknown sae_lens release {release!r}{maybe}; {_releases_line(model)} (dictionaries= "
             "takes a release string, True, False, None or 'neurons')")
+
+
+@dataclass(frozen=True)
+class ReleaseSummary:
+    """What a release holds, from sae_lens' directory alone (nothing is downloaded)."""
+
+    release: str
+    model: str  # as the directory names it
+    n: int  # dictionaries
+    hook_kinds: tuple[str, ...]  # hook points, without "blocks.L." (None where naming tells none)
+    layers: tuple[int, ...]
+    variants: tuple[str, ...]
+    l0: tuple[float, float] | None  # the smallest and largest stated mean L0
+    loader: str  # sae_lens' conversion function ("sae_lens": its own format)
+
+
+def summary(release: str) -> ReleaseSummary:
+    lookup = directory()[release]
+    refs = [_ref(lookup, sae_id) for sae_id in lookup.saes_map]
+    kinds = sorted({re.sub(r"^blocks\.\d+\.", "", r.hook_name) if r.hook_name else "?"
+                    for r in refs})
+    l0s = [r.l0 for r in refs if r.l0]
+    return ReleaseSummary(
+        release=release, model=model_of(lookup), n=len(refs), hook_kinds=tuple(kinds),
+        layers=tuple(sorted({r.layer for r in refs if r.layer is not None})),
+        variants=tuple(variants(lookup)), l0=(min(l0s), max(l0s)) if l0s else None,
+        loader=lookup.conversion_func or "sae_lens")
+
+
+def models_with_releases() -> dict[str, list[str]]:
+    """The directory's models (as it names them) -> their releases."""
+    found: dict[str, list[str]] = defaultdict(list)
+    for release, lookup in directory().items():
+        found[model_of(lookup)].append(release)
+    return {m: sorted(rs) for m, rs in sorted(found.items(), key=lambda kv: kv[0].lower())}

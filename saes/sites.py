@@ -112,12 +112,20 @@ def site_by_name(cfg: HookedTransformerConfig, name: str) -> Site:
 
 
 def site_by_hook_name(cfg: HookedTransformerConfig, hook_name: str) -> Site:
+    """The site whose activation hook point ``hook_name`` carries. The residual stream entering
+    block L >= 1 (``blocks.L.hook_resid_pre``, where GPT-2's res-jb dictionaries read) is the
+    one leaving block L-1: site resid_{L-1}, spliced at ``blocks.{L-1}.hook_resid_post``, the
+    same activation."""
     for site in all_sites(cfg, with_z=True):
         if site.hook_name == hook_name:
             return site
+    for layer in range(1, cfg.n_layers):
+        if hook_name == resid_pre(layer):
+            return site_by_name(cfg, f"resid_{layer - 1}")
     raise ValueError(
-        f"hook point {hook_name!r} is not a site; sites are blocks.0.hook_resid_pre and "
-        "blocks.L.hook_attn_out / hook_mlp_out / hook_resid_post / attn.hook_z"
+        f"hook point {hook_name!r} is not a site of this {cfg.n_layers}-layer model; sites are "
+        "blocks.L.hook_resid_pre (embed for L = 0, else resid_{L-1}) and blocks.L.hook_attn_out "
+        "/ hook_mlp_out / hook_resid_post / attn.hook_z"
     )
 
 

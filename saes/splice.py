@@ -62,12 +62,14 @@ class SplicedModel:
         dictionaries: dict[str, Dictionary],
         *,
         name: str,
-        family: str,
+        family: str | None,
         prepend_bos: bool,
     ):
         self.transformer = model
         self.name = name
-        self.family = family  # architecture family, chooses e.g. the LRP rule set
+        # architecture family (neox, gpt2, llama, qwen, gemma), chooses e.g. the LRP rule set;
+        # None: circuits.lrp_rules reads it off cfg.original_architecture
+        self.family = family
         self.prepend_bos = prepend_bos
         self.sites = all_sites(model.cfg)
         self.dictionaries: dict[str, Dictionary] = {}

@@ -93,6 +93,33 @@ def pythia_cache() -> Path:
     return cache
 
 
+# Tiny stand-ins of models of other families (saes.standins, --tiny: 3 layers, d_model 64), with
+# dictionaries in their releases' real hub layouts, d_sae=128: GPT-2 small with
+# gpt2-small-res-jb (layers 0-2: embed, resid_0, resid_1), Llama-3.1-8B with Llama Scope (resid
+# at 0-2, attention and MLP outputs at 1), and, without releases, Qwen2.5-0.5B, Pythia-160M and
+# Llama-3.2-1B.
+STAND_IN_RELEASES = ["gpt2-small-res-jb", "llama_scope_lxr_8x", "llama_scope_lxa_8x:l1a_8x",
+                     "llama_scope_lxm_8x:l1m_8x"]
+STAND_IN_MODELS = ["Qwen/Qwen2.5-0.5B", "EleutherAI/pythia-160m", "meta-llama/Llama-3.2-1B"]
+STAND_IN_D_SAE = 128
+GPT2_SPEC = "+".join(f"gpt2-small-res-jb:blocks.{n}.hook_resid_pre" for n in range(3))
+LLAMA_SPEC = "+".join([*(f"llama_scope_lxr_8x:l{n}r_8x" for n in range(3)),
+                       "llama_scope_lxa_8x:l1a_8x", "llama_scope_lxm_8x:l1m_8x"])
+
+
+@pytest.fixture(scope="session")
+def stand_in_cache() -> Path:
+    """HF_HUB_CACHE holding the tiny stand-ins (about a minute to build on 2 cores)."""
+    from saes.offline_cache import build
+
+    cache = Path(os.environ["HF_HUB_CACHE"])
+    done = cache / "models--fnlp--Llama3_1-8B-Base-LXM-8x"
+    if not done.exists():
+        build(cache, releases=STAND_IN_RELEASES, models=STAND_IN_MODELS, tiny=True,
+              d_sae=STAND_IN_D_SAE)
+    return cache
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """For modules on the tiny organism: one thread is as fast, and immune to a busy second core

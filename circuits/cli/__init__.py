@@ -9,19 +9,20 @@
     circuits features runs/x [--corpus FILE]                 top contexts of a run's features
     circuits label runs/x labels.csv                         labels of a run's features
     circuits export runs/x --format neuronpedia --out F      attribution-graph JSON
+    circuits models [MODEL]                                  models by name, their releases
 
 One module per subcommand (its options and what it runs), common.py for the checks, options and
 loading they share, rundir.py for run directories, contexts.py and views.py for the feature
 contexts and the views (SVG, HTML, export) that discover, features and label write, browser.py
 for headless Chromium, ranks.py for running under torchrun (discover, sweep, evaluate and
 compare run data-parallel; rank 0 prints and writes). Every run writes one run directory
-(features and label amend one; view writes none) and prints where. Bad input (unknown task,
-method or model, unwritable output, thresholds out of range, a corrupted circuit file, a missing
-GPU or hub cache) is one line on stderr and exit code 2, checked before the long computation
-where it can be; an error that is none of these is a bug and keeps its traceback. Run
-directories (rundir.py) are assembled aside, moved into place atomically when complete, locked
-against a second run, and never delete a file no run wrote. Defaults and fallbacks (e.g. which
-method computes a method's edges) come from the library, not from here.
+(features and label amend one; view and models write none) and prints where. Bad input (unknown
+task, method or model, unwritable output, thresholds out of range, a corrupted circuit file, a
+missing GPU or hub cache) is one line on stderr and exit code 2, checked before the long
+computation where it can be; an error that is none of these is a bug and keeps its traceback.
+Run directories (rundir.py) are assembled aside, moved into place atomically when complete,
+locked against a second run, and never delete a file no run wrote. Defaults and fallbacks (e.g.
+which method computes a method's edges) come from the library, not from here.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from circuits.cli import (
     export,
     features,
     label,
+    models,
     render,
     sweep,
     view,
@@ -45,7 +47,8 @@ from circuits.cli.ranks import data_parallel, note_failure, tag
 from circuits.distributed import PeerFailed
 
 # in the order --help lists them
-SUBCOMMANDS = (discover, sweep, evaluate, render, view, compare, features, label, export)
+SUBCOMMANDS = (discover, sweep, evaluate, render, view, compare, features, label, export,
+               models)
 
 
 class _Parser(argparse.ArgumentParser):

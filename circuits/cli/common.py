@@ -20,6 +20,7 @@ from circuits.circuit import Circuit
 from circuits.methods import METHODS, IGOptions
 from saes.gemma import GemmaPackagesMissing
 from saes.loader import MODELS, load, transformers_progress_bars
+from saes.names import resolve_model
 from saes.splice import SplicedModel
 from tasks import sva
 from tasks.pairs import PromptPair
@@ -42,9 +43,19 @@ def check_task(task: str) -> None:
         raise UsageError(f"task file {task} does not exist; pass an existing JSONL file")
 
 
-def check_model(name: str | None) -> None:
-    if name is not None and name not in MODELS:
-        raise UsageError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+MODEL_HELP = (f"a named model ({', '.join(MODELS)}), any model transformer_lens knows by name "
+              "or alias (gpt2, EleutherAI/pythia-160m, Qwen/Qwen2.5-0.5B, ...), or a local "
+              "Hugging Face checkpoint folder; `circuits models` lists them")
+
+
+def check_model(name: str | None) -> str | None:
+    """A model name saes.load takes (checked before anything loads); the name it is loaded as."""
+    if name is None:
+        return None
+    try:
+        return resolve_model(name).name
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 DEVICE_TYPES = ("cpu", "cuda", "mps")
@@ -140,8 +151,7 @@ def method_kwargs(method: str, args: argparse.Namespace) -> dict[str, Any]:
 # ---- the options most subcommands take -------------------------------------------------------
 def add_common(p: argparse.ArgumentParser, *, n: int | None = 100, eval_n: int | None = 40) -> None:
     p.add_argument("--model", default="organism",
-                   help=f"one of {', '.join(MODELS)} (default: organism, offline, shipped in "
-                        "this repo)")
+                   help=MODEL_HELP + " (default: organism, offline, shipped in this repo)")
     p.add_argument("--task", default="across_pp",
                    help=f"agreement construction ({', '.join(sva.CONSTRUCTIONS)}) or a JSONL "
                         "file of prompt pairs (default: across_pp)")
@@ -159,9 +169,11 @@ def add_common(p: argparse.ArgumentParser, *, n: int | None = 100, eval_n: int |
                    help=f"LRP rules of {ruled}, comma-separated (ln,identity,half,ah) or 'none' "
                         "(default: the model family's set)")
     p.add_argument("--dictionaries", default=None, metavar="RELEASE[:VARIANT][+...]",
-                   help="sae_lens release string(s) of the dictionaries to splice, e.g. "
-                        "gemma-scope-2-270m-pt-res:width_16k_l0_medium+gemma-scope-2-270m-pt-"
-                        "mlp:width_16k_l0_medium (default: the model's own, if it has any)")
+                   help="sae_lens release string(s) of the dictionaries to splice, made for "
+                        "--model (`circuits models MODEL` lists them), e.g. gpt2-small-res-jb "
+                        "or gemma-scope-2-270m-pt-res:width_16k_l0_medium+gemma-scope-2-270m-pt-"
+                        "mlp:width_16k_l0_medium; 'neurons' for the neuron baseline (default: "
+                        "the model's own, if it has any)")
     p.add_argument("--sites", type=site_list, default=None,
                    help="splice dictionaries at these sites only, comma-separated (e.g. "
                         "embed,resid_1,mlp_2); edges then span the unspliced blocks (default: "
@@ -255,23 +267,43 @@ def read_run(path: Path) -> tuple[Path, Circuit]:
 
 def circuit_model(circuit: Circuit, args: argparse.Namespace) -> SplicedModel:
     """The model a saved circuit was found on, with its dictionaries at its sites: --model and
-    --dictionaries if given, else the circuit's own (a "+neurons" model: the neuron baseline;
-    dictionaries of a release: their release/sae_id, recorded in the circuit's meta)."""
+    --dictionaries if given, else the circuit's own (``circuit_dictionaries``)."""
     meta = circuit.meta
-    name, neurons, _ = (args.model or meta.model).partition("+")
-    if name not in MODELS:
-        raise UsageError(f"the circuit's model {name!r} is not one of {', '.join(MODELS)}; "
-                         "pass --model")
-    given = args.dictionaries
-    if given is None and neurons:
-        given = "neurons"
-    elif given is None and meta.dictionaries and all(
-            "source" in meta.dictionaries.get(site, {}) for site in meta.sites):
-        given = "+".join(meta.dictionaries[site]["source"].replace("/", ":", 1)
-                         for site in meta.sites)
+    name, _, _ = (args.model or meta.model).partition("+")
+    known_model(name, given=args.model is not None)
     sites = None if meta.components_only else list(meta.sites)
-    return load_model(name, args.device, False if meta.components_only else given, sites=sites,
-                      quiet=args.quiet)
+    return load_model(name, args.device, circuit_dictionaries(circuit, args.dictionaries),
+                      sites=sites, quiet=args.quiet)
+
+
+def circuit_dictionaries(circuit: Circuit, given: str | None) -> bool | str | None:
+    """The dictionaries to load a saved circuit's model with: ``given`` (--dictionaries) if
+    any; else the circuit's own: False for a component-level circuit, "neurons" for a neuron
+    baseline ("+neurons" model), the release/sae_id of each site's dictionary where the meta
+    records them (as a release string), else the model's defaults (None)."""
+    meta = circuit.meta
+    if meta.components_only:
+        return False
+    if given is not None:
+        return given
+    if meta.model.endswith("+neurons"):
+        return "neurons"
+    if meta.dictionaries and all("source" in meta.dictionaries.get(site, {})
+                                 for site in meta.sites):
+        return "+".join(meta.dictionaries[site]["source"].replace("/", ":", 1)
+                        for site in meta.sites)
+    return None
+
+
+def known_model(name: str, *, given: bool) -> None:
+    """A circuit's model (or --model) is one saes.load takes; else a UsageError."""
+    try:
+        resolve_model(name)
+    except ValueError as err:
+        if given:
+            raise UsageError(str(err)) from None
+        raise UsageError(f"the circuit's model {name!r} is not one this machine can load "
+                         f"({err}); pass --model") from None
 
 
 def read_circuit(path: Path) -> Circuit:

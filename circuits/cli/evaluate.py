@@ -8,11 +8,12 @@ from pathlib import Path
 
 from circuits import distributed
 from circuits.cli.common import (
-    UsageError,
     add_common,
     check_device,
     check_task,
+    circuit_dictionaries,
     finite,
+    known_model,
     load_model,
     load_pairs,
     non_negative,
@@ -22,7 +23,6 @@ from circuits.cli.common import (
 from circuits.cli.notes import recorded_warnings
 from circuits.cli.rundir import run_dir
 from evaluation import completeness, faithfulness, node_means
-from saes.loader import MODELS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -41,15 +41,14 @@ def run(args: argparse.Namespace) -> None:
     circuit = read_circuit(args.circuit)
     # a neuron-baseline circuit names its model "<model>+neurons" (identity dictionaries)
     model_name, neurons, _ = (args.model or circuit.meta.model).partition("+")
-    if model_name not in MODELS:
-        raise UsageError(f"the circuit's model {model_name!r} is not one of {MODELS}; "
-                         "pass --model")
+    known_model(model_name, given=args.model is not None)
     with run_dir(args.out, f"evaluate-{args.task}", args,
                  inputs=[args.circuit, *task_files(args.task)]) as target, \
             recorded_warnings() as notes:
         # the circuit's own sites unless --sites: a circuit of a subset evaluates on that subset
         sites = args.sites or (None if circuit.meta.components_only else list(circuit.meta.sites))
-        model = load_model(model_name, args.device, "neurons" if neurons else args.dictionaries,
+        given = "neurons" if neurons and args.dictionaries is None else args.dictionaries
+        model = load_model(model_name, args.device, circuit_dictionaries(circuit, given),
                            sites=sites)
         _, test = load_pairs(args.task, model, 0, args.eval_n)
         means = node_means(model, test)

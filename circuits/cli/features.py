@@ -8,14 +8,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from circuits.cli.common import UsageError, circuit_model, positive, read_run
+from circuits.cli.common import MODEL_HELP, UsageError, circuit_model, positive, read_run
 from circuits.cli.contexts import CHUNKS_PER_BATCH, add_corpus_options, contexts, given_corpus
 from circuits.cli.rundir import amend_run
 from circuits.cli.views import run_features, write_views
 from circuits.features import FILE as FEATURES_FILE
 from circuits.features import circuit_features
 from saes.corpus import has_default_corpus
-from saes.loader import MODELS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("run", type=Path, help="run directory written by discover")
     add_corpus_options(f)
     f.add_argument("--model", default=None,
-                   help=f"one of {', '.join(MODELS)} (default: the circuit's own)")
+                   help=f"{MODEL_HELP} (default: the circuit's own)")
     f.add_argument("--dictionaries", default=None, metavar="RELEASE[:VARIANT][+...]",
                    help="dictionaries to load (default: those the circuit records)")
     f.add_argument("--batch-size", dest="chunks_per_batch", type=positive,

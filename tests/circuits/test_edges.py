@@ -61,11 +61,13 @@ def linear_model(tokenizer, parallel: bool = True, with_z: bool = False) -> Spli
 
 
 @pytest.mark.parametrize("method", ["atp", "relp", "ig"])
-@pytest.mark.parametrize("aggregation", ["sum", "none"])
+@pytest.mark.parametrize(("aggregation", "parallel"), [("sum", True), ("none", True),
+                                                       ("sum", False)])
 def test_incoming_edges_sum_to_the_node_score_where_sites_are_linear(
-    neox_tokenizer, method, aggregation
+    neox_tokenizer, method, aggregation, parallel
 ):
-    model = linear_model(neox_tokenizer)
+    """Parallel blocks (Pythia) and sequential ones (GPT-2, Llama: attn_L feeds mlp_L)."""
+    model = linear_model(neox_tokenizer, parallel=parallel)
     data = model.tokenize(sva.generate("simple", 4, seed=0, tokenizer=model.tokenizer))
     assert data.uniform_length
     scores = attribute(model, data, method, aggregation=aggregation, progress=False,

@@ -151,3 +151,23 @@ def test_rule_sets(tiny: SplicedModel, gated: SplicedModel):
     other = SplicedModel(tiny.transformer, {}, name="x", family="mamba", prepend_bos=False)
     with pytest.raises(ValueError, match="no LRP rule set for model family 'mamba'"):
         rules_for(other, None)
+
+
+def test_the_family_comes_from_the_architecture(neox_tokenizer, gated: SplicedModel):
+    """A model whose loader names no family gets its architecture's rules; an architecture
+    not in the table is an error that says how to pass rules=."""
+    from circuits.lrp_rules import ARCHITECTURES, family_of
+    from tests.conftest import tiny_neox
+
+    model = tiny_neox(neox_tokenizer, seed=5)
+    unnamed = SplicedModel(model, {}, name="some/model", family=None, prepend_bos=False)
+    assert family_of(unnamed) == "neox" and rules_for(unnamed, None) == ("ln", "identity")
+    for architecture, family in (("LlamaForCausalLM", "llama"), ("Qwen2ForCausalLM", "qwen"),
+                                 ("GPT2LMHeadModel", "gpt2"), ("Gemma2ForCausalLM", "gemma")):
+        assert ARCHITECTURES[architecture] == family
+    model.cfg.original_architecture = "MambaForCausalLM"
+    with pytest.raises(ValueError, match=r"no LRP rule set for architecture 'MambaForCausalLM' "
+                                         r"of some/model .*pass rules= .*rules=\('ln', "
+                                         r"'identity'\)\) \(--rules ln,identity"):
+        rules_for(unnamed, None)
+    assert rules_for(unnamed, ("ln",)) == ("ln",)

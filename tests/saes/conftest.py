@@ -27,3 +27,4 @@ def gemma_scope_cache() -> Path:
         build(cache, releases=GEMMA_SCOPE_RELEASES, layers=GEMMA_SCOPE_LAYERS,
               d_sae=GEMMA_SCOPE_D_SAE)
     return cache
+
