@@ -96,8 +96,9 @@ def load(
     ("RELEASE[:VARIANT]", several joined by "+", see saes.releases) loads those sae_lens
     dictionaries (a release made for another model is an error naming both); "neurons" splices
     an identity dictionary at every site (nodes = the d_model raw activations + an error node
-    that is always 0), the neuron baseline, usable wherever SAE dictionaries are. sites: only
-    these sites (each must get a dictionary).
+    that is always 0), the neuron baseline, usable wherever SAE dictionaries are; "trained"
+    loads the dictionaries trained here for gemma-3-270m (saes.trained; also what None and True
+    load for it once they are built). sites: only these sites (each must get a dictionary).
     """
     if sites is not None:
         sites = _checked_site_names(sites, dictionaries)
