@@ -320,7 +320,7 @@ def _edges_of_batch(
     cotangents = {down: _cotangents(model, sites[down], states[down], nodes[down], masks[down])
                   for _, down in weights}
     if cut is not None:  # across unspliced blocks
-        _cut_edges(graph, cut, moves, cotangents, weights, len(ctx))
+        _cut_edges(graph, cut, moves, cotangents, weights)
         return
     blocks: dict[int, _Block] = {}
     for site in graph.sites:
@@ -641,7 +641,6 @@ def _cut_edges(
     moves: dict[str, _Vectors],
     cotangents: dict[str, _Vectors],
     weights: dict[tuple[str, str], Tensor],
-    n_examples: int,
 ) -> None:
     """Edges through the cut forward's graph: w(u → d) = Σ_b Δu(b) · Jᵀ v_d(b) = v_d(b) · J Δu(b).
 
