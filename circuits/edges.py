@@ -36,6 +36,18 @@ through one forward and backward of the MLP on just those rows. Into resid_L: no
 W_dec rows of selected or active features are gathered. Cost per batch: the two encodings of
 every site that node attribution also pays, plus Σ_downstream nodes × (one block backward).
 
+Across unspliced blocks (only some sites spliced), through one clean forward with every node
+site cut (``_CutForward``), two savings. Packing: examples are independent rows of the forward
+and a feature's vector is non-zero on few examples (a cotangent where the clean run opens its
+gate, a move where it moves), so each batched row holds one (node, example) cell of every
+example: rows = the most cells any example has, not the number of nodes (``_slots``, ``_pack``).
+Direction: w(u → d) = Jᵀv_d · Δu = v_d · J Δu, so an upstream site's edges come either from
+its downstream sites' VJPs (one row per downstream cell) or from JVPs of its own moves (one row
+per upstream cell, every downstream site at once, through the same graph: ``_CutForward.jvp``),
+whichever has fewer rows × blocks to run (``_forward_sites``). Gemma-3-270M with Gemma Scope 2 at
+layers 5/9/12/15 (benchmarks/gemma_scope.py): the residual sites go forward, a fifth of the
+rows × blocks of one VJP per downstream node.
+
 Positions. aggregation "sum" (the scores' [n_nodes] masks): a node stands for all its positions,
 d summed over positions and u over positions (as SFC). "none" ([pos, n_nodes] masks): a node is
 (position, node) and edges are kept per position pair; the Jacobian decides which pairs exist:
@@ -48,7 +60,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -307,30 +319,31 @@ def _edges_of_batch(
         scores = linear_scores(model, states[site.name].delta, g)  # complete: the node score
         flat = scores.sum(0) if masks[site.name].ndim == 2 else scores.sum((0, 1))
         metric[site.name] += flat.flatten()[nodes[site.name]]
+    moves = {up: _moves(model, states[up].delta, nodes[up], masks[up]) for up, _ in weights}
+    sites = {s.name: s for s in graph.sites}
+    cotangents = {down: _cotangents(model, sites[down], states[down], nodes[down], masks[down])
+                  for _, down in weights}
+    if cut is not None:  # across unspliced blocks
+        _cut_edges(graph, cut, moves, cotangents, weights)
+        return
     blocks: dict[int, _Block] = {}
     for site in graph.sites:
         ups = [u for u in graph.upstream[site.name] if (u.name, site.name) in weights]
         if not ups:
             continue
-        if cut is None and site.kind in ("attn", "mlp") and site.layer not in blocks:
+        if site.kind in ("attn", "mlp") and site.layer not in blocks:
             blocks = {site.layer: _Block(model, site.layer, ctx.clean, hooks)}  # one alive
-        down = nodes[site.name]
+        vectors, n_down = cotangents[site.name], len(nodes[site.name])
         per_node = CHUNK_FLOATS // states[site.name].x[0].numel() // len(ctx) + 1
-        for start in range(0, len(down), per_node):
-            rows = slice(start, start + per_node)
-            v = _cotangents(model, site, states[site.name], down[rows], masks[site.name])
-            if cut is not None:  # through the unspliced blocks between, one VJP per chunk
-                g_ups = cut.vjp(site, v, ups)
-            else:
-                # [N, b, pos, d] at the sublayer's input, the same for every upstream site
-                # (each reaches it by the identity); a resid site's upstream sites are its
-                # own summands
-                g_up = v if site.kind == "resid" else blocks[site.layer].vjp(site, v)
-                g_ups = dict.fromkeys((u.name for u in ups), g_up)
+        for start in range(0, n_down, per_node):
+            rows = min(per_node, n_down - start)
+            v, _ = _pack(vectors, vectors.node, start, rows)  # row n: node start + n
+            # [N, b, pos, d] at the sublayer's input, the same for every upstream site (each
+            # reaches it by the identity); a resid site's upstream sites are its own summands
+            g_up = v if site.kind == "resid" else blocks[site.layer].vjp(site, v)
             for up in ups:
-                weights[(up.name, site.name)][rows] += _upstream_dots(
-                    model, states[up.name].delta, g_ups[up.name], masks[up.name],
-                    nodes[up.name])
+                weights[(up.name, site.name)][start:start + rows] += _dots(
+                    moves[up.name], g_up).sum(1)
 
 
 class _CutForward:
@@ -360,17 +373,43 @@ class _CutForward:
                                    allow_unused=True)
         return site.vectors(torch.zeros_like(self.leaves[site.name]) if g is None else g)
 
-    def vjp(self, down: Site, v: Tensor, ups: list[Site]) -> dict[str, Tensor]:
-        """v [N, b, pos, d] at the arriving activation of ``down`` -> [N, b, pos, d] at each
-        upstream site's leaf."""
+    def vjp(self, down: Site, v: Tensor, ups: list[Site]) -> dict[str, Tensor | None]:
+        """v [R, b, pos, d] at the arriving activation of ``down`` -> [R, b, pos, d] at each
+        upstream site's leaf (None where it does not reach one)."""
         leaves = [self.leaves[u.name] for u in ups]
         arriving = self.arriving[down.name]  # hook_z: [b, pos, h, d_head]; v is flat
         grads = torch.autograd.grad(arriving, leaves,
                                     grad_outputs=v.reshape(len(v), *arriving.shape),
                                     retain_graph=True, is_grads_batched=True, allow_unused=True)
-        return {u.name: u.vectors(torch.zeros(len(v), *leaf.shape, dtype=v.dtype,
-                                              device=v.device) if g is None else g)
-                for u, leaf, g in zip(ups, leaves, grads, strict=True)}
+        return {u.name: None if g is None else u.vectors(g)
+                for u, g in zip(ups, grads, strict=True)}
+
+    def jvp(self, up: Site, downs: list[Site]) -> Callable[[Tensor], dict[str, Tensor | None]]:
+        """t [R, b, pos, d] at the upstream site's leaf -> J·t [R, b, pos, d] at the arriving
+        activation of each of ``downs`` (None where it does not reach one), J the Jacobian
+        whose transpose ``vjp`` applies (the LRP-changed one for relp).
+
+        As the transpose of the transpose: the VJP of dummy cotangents w at the arriving
+        activations is built once, with its own graph (linear in w), and each call
+        differentiates it with respect to w in direction t: one batched backward through that
+        graph, about what a VJP of as many rows costs."""
+        leaf = self.leaves[up.name]
+        arriving = [self.arriving[d.name] for d in downs]
+        dummies = [torch.zeros_like(a, requires_grad=True) for a in arriving]
+        (pulled,) = torch.autograd.grad(arriving, leaf, grad_outputs=dummies, create_graph=True,
+                                        retain_graph=True, allow_unused=True)
+
+        def apply(t: Tensor) -> dict[str, Tensor | None]:
+            if pulled is None:
+                return {d.name: None for d in downs}
+            out = torch.autograd.grad(pulled, dummies,
+                                      grad_outputs=t.reshape(len(t), *leaf.shape),
+                                      retain_graph=True, is_grads_batched=True,
+                                      allow_unused=True)
+            return {d.name: None if y is None else d.vectors(y)
+                    for d, y in zip(downs, out, strict=True)}
+
+        return apply
 
 
 def _site_states(
@@ -422,34 +461,274 @@ def _check_residual_sum(model: SplicedModel, states: dict[str, _SiteState]) -> N
             )
 
 
+# ---- node vectors, kept sparse ------------------------------------------------------------
+@dataclass
+class _Vectors:
+    """One site's selected nodes as vectors in the site's activation space on one batch.
+
+    Downstream, a node's cotangent ∂(g_d · d)/∂x_D (``_cotangents``); upstream, its move Δu
+    (``_moves``). A feature's vector is Σ coef · directions[dir] over its entries (example,
+    position): for a cotangent (W_dec[i] · g) · gate_i and W_enc[:, i] where the clean run opens
+    the gate, for a move Δf_j and W_dec[j] where f_j moves. An error node's is ``error`` (at its
+    own position only, per position) at every example. ``node``/``example`` list the cells
+    (node, example) where a vector can be non-zero: error cells first, node-major, then the
+    features'. Rows of batched VJPs and JVPs are packed from cells (``_pack``), and ``_dots``
+    reads a node's dot product with a tensor off its entries, never a dense [N, b, pos, d]."""
+
+    shape: tuple[int, int, int]  # the site's activation [b, pos, d]
+    n_nodes: int  # selected nodes: rows of an edge matrix
+    node: Tensor  # [P] long
+    example: Tensor  # [P] long
+    entry_cell: Tensor  # [H] long: feature entries, each in one cell ...
+    entry_pos: Tensor  # [H] long: ... at one position ...
+    entry_dir: Tensor  # [H] long: ... along directions[dir] ...
+    entry_coef: Tensor  # [H] ... times coef
+    directions: Tensor | None  # [n_features, d] (W_enc.T or W_dec); None at a bare site
+    err_nodes: Tensor  # [Q] long: selected error nodes (per position, one per position)
+    err_pos: Tensor | None  # [Q] their positions (per-position masks), else None
+    error: Tensor | None  # [b, pos, d]; None when no error node is selected
+
+
+def _vectors(
+    shape: tuple[int, int, int], n_nodes: int, err_nodes: Tensor, err_pos: Tensor | None,
+    error: Tensor | None, rows: Tensor, example: Tensor, pos: Tensor, direction: Tensor,
+    coef: Tensor, directions: Tensor | None,
+) -> _Vectors:
+    """_Vectors from the error nodes and the feature entries (node row, example, position,
+    direction, coefficient): the cells they fill."""
+    n_examples = shape[0]
+    cells, entry_cell = (rows * n_examples + example).unique(return_inverse=True)
+    arange = torch.arange(n_examples, device=rows.device)
+    return _Vectors(
+        shape=shape, n_nodes=n_nodes,
+        node=torch.cat([err_nodes.repeat_interleave(n_examples), cells // n_examples]),
+        example=torch.cat([arange.repeat(len(err_nodes)), cells % n_examples]),
+        entry_cell=entry_cell + len(err_nodes) * n_examples, entry_pos=pos, entry_dir=direction,
+        entry_coef=coef, directions=directions, err_nodes=err_nodes, err_pos=err_pos,
+        error=error,
+    )
+
+
 def _cotangents(
     model: SplicedModel, site: Site, state: _SiteState, down: Tensor, mask: Tensor
-) -> Tensor:
-    """∂(g_d · d)/∂x_D for the downstream nodes ``down`` (flat indices), [N, b, pos, d]."""
+) -> _Vectors:
+    """∂(g_d · d)/∂x_D for the downstream nodes ``down`` (flat indices)."""
+    g = state.grad  # [b, pos, d]
     n_nodes = mask.shape[-1]
     node, pos = down % n_nodes, down // n_nodes  # pos meaningful only for [pos, n_nodes] masks
-    g = state.grad  # [b, pos, d]
-    v = g.new_zeros(len(down), *g.shape)
     is_err = node == n_nodes - 1
-    if is_err.any():
-        v[is_err] = _error_cotangent(model, site, state)[None]
+    err_nodes = is_err.nonzero()[:, 0]
+    error = _error_cotangent(model, site, state) if len(err_nodes) else None
     feats = (~is_err).nonzero()[:, 0]
-    if len(feats):
+    empty = torch.zeros(0, dtype=torch.long, device=g.device)
+    rows = example = at = feature = empty
+    coef, directions = g.new_zeros(0), None
+    if model.dictionaries:
         d = model.dictionaries[site.name]
-        i = node[feats]  # [F]
+        features, which = node[feats].unique(return_inverse=True)  # [F'], [F]
+        directions = d.W_enc.detach().index_select(1, features).T.contiguous()  # [F', d]
         a = state.active  # [A, 3]
-        # c[f, b, p] = (W_dec[i_f] · g[b, p]) · gate_i(b, p) on clean-active entries only
-        hit = (a[:, 2:3] == i[None]).nonzero()  # [H, 2]: (active entry, f)
-        ab, ap, af = a[hit[:, 0], 0], a[hit[:, 0], 1], hit[:, 1]
-        coef = (d.W_dec.detach()[i[af]] * g[ab, ap]).sum(-1)  # [H]
-        c = g.new_zeros(len(feats), *g.shape[:2])  # [F, b, pos]
-        c[af, ab, ap] = coef
-        v[feats] = c[..., None] * d.W_enc.detach().T[i][:, None, None, :]  # [F, b, pos, d]
-    if mask.ndim == 2:  # per position: node (p, i) only at position p
-        keep = torch.zeros(len(down), g.shape[1], dtype=g.dtype, device=g.device)
-        keep[torch.arange(len(down)), pos] = 1
-        v = v * keep[:, None, :, None]
-    return v
+        match = a[:, 2:3] == node[feats][None]  # [A, F]
+        if mask.ndim == 2:  # per position: node (p, i) only at position p
+            match &= a[:, 1:2] == pos[feats][None]
+        hit = match.nonzero()  # [H, 2]: (active entry, f)
+        example, at = a[hit[:, 0], 0], a[hit[:, 0], 1]
+        rows, feature = feats[hit[:, 1]], which[hit[:, 1]]  # feature: row of directions
+        coef = (d.W_dec.detach()[features[feature]] * g[example, at]).sum(-1)  # [H]
+    return _vectors(_shape(g), len(down), err_nodes, pos[err_nodes] if mask.ndim == 2 else None,
+                    error, rows, example, at, feature, coef, directions)
+
+
+def _moves(model: SplicedModel, delta: SiteDelta, up: Tensor, mask: Tensor) -> _Vectors:
+    """Δu for the upstream nodes ``up`` (flat indices)."""
+    n_nodes = mask.shape[-1]
+    device = delta.d_error.device
+    lookup = torch.full((mask.numel(),), -1, dtype=torch.long, device=device)
+    lookup[up.to(device)] = torch.arange(len(up), device=device)
+    err_pos: Tensor | None = None
+    if mask.ndim == 2:
+        positions = torch.arange(mask.shape[0], device=device)
+        err_rows = lookup[positions * n_nodes + n_nodes - 1]
+        err_pos = positions[err_rows >= 0]
+        err_nodes = err_rows[err_rows >= 0]
+    else:
+        err_nodes = lookup[-1:][lookup[-1:] >= 0]
+    eb, ep, ej = delta.feature_index.unbind(-1)  # [K]
+    rows = lookup[ep * n_nodes + ej] if mask.ndim == 2 else lookup[ej]
+    keep = rows >= 0
+    features, which = ej[keep].unique(return_inverse=True)
+    directions = (model.dictionaries[delta.site.name].W_dec.detach()[features]
+                  if model.dictionaries else None)  # [F', d]: W_dec[j]
+    return _vectors(_shape(delta.d_error), len(up), err_nodes, err_pos,
+                    delta.d_error if len(err_nodes) else None, rows[keep], eb[keep], ep[keep],
+                    which, delta.d_features[keep], directions)
+
+
+def _shape(x: Tensor) -> tuple[int, int, int]:
+    b, pos, d = x.shape
+    return int(b), int(pos), int(d)
+
+
+def _pack(vec: _Vectors, slot: Tensor, start: int, rows: int) -> tuple[Tensor, Tensor]:
+    """The vectors of the cells whose slot is in [start, start + rows), each in row slot −
+    start at its example, [rows, b, pos, d]; and which node owns each (row, example) there,
+    [rows, b] (-1: none)."""
+    n_examples = vec.shape[0]
+    inside = (slot >= start) & (slot < start + rows)
+    row = slot - start
+    x = torch.zeros(rows, *vec.shape, dtype=vec.entry_coef.dtype, device=slot.device)
+    owner = torch.full((rows, n_examples), -1, dtype=torch.long, device=slot.device)
+    owner[row[inside], vec.example[inside]] = vec.node[inside]
+    if vec.error is not None:
+        e = inside[: len(vec.err_nodes) * n_examples].nonzero()[:, 0]  # error cells inside
+        b = e % n_examples
+        if vec.err_pos is None:
+            x[row[e], b] = vec.error[b]
+        else:
+            p = vec.err_pos[e // n_examples]
+            x[row[e], b, p] = vec.error[b, p]
+    h = inside[vec.entry_cell]
+    if vec.directions is not None and bool(h.any()):
+        c = vec.entry_cell[h]
+        x[row[c], vec.example[c], vec.entry_pos[h]] = (
+            vec.entry_coef[h, None] * vec.directions[vec.entry_dir[h]])
+    return x, owner
+
+
+def _dots(vec: _Vectors, x: Tensor) -> Tensor:
+    """Each node's vector · x[r] at each example, for every row r of x [R, b, pos, d]:
+    [R, b, n_nodes]. Error nodes: one einsum; features: per token, the entries there (padded
+    to the fullest token), one batched matmul x[:, token] · directions, times coef."""
+    n_rows, n_examples, pos, _ = x.shape
+    out = x.new_zeros(n_rows, n_examples, vec.n_nodes)
+    if vec.error is not None:
+        if vec.err_pos is None:
+            out[:, :, vec.err_nodes[0]] += torch.einsum("rbpd,bpd->rb", x, vec.error)
+        else:
+            dots = torch.einsum("rbpd,bpd->rbp", x, vec.error)  # [R, b, pos]
+            out[:, :, vec.err_nodes] += dots[:, :, vec.err_pos]
+    if vec.directions is None or len(vec.entry_cell) == 0:
+        return out
+    eb, en = vec.example[vec.entry_cell], vec.node[vec.entry_cell]  # [H]
+    tokens, which = (eb * pos + vec.entry_pos).unique(return_inverse=True)  # [U], [H]
+    order = which.argsort(stable=True)
+    which, eb, en = which[order], eb[order], en[order]
+    direction, coef = vec.entry_dir[order], vec.entry_coef[order]
+    counts = torch.bincount(which, minlength=len(tokens))  # [U]
+    slot = torch.arange(len(which), device=x.device) - (counts.cumsum(0) - counts)[which]
+    w_rows = x.new_zeros(len(tokens), int(counts.max()), x.shape[-1])  # [U, k_max, d]
+    w_rows[which, slot] = vec.directions[direction]
+    h = torch.bmm(x.flatten(1, 2)[:, tokens].transpose(0, 1), w_rows.transpose(1, 2))  # [U,R,k]
+    out.view(n_rows, n_examples * vec.n_nodes).index_add_(
+        1, eb * vec.n_nodes + en, (h[which, :, slot] * coef[:, None]).T)
+    return out
+
+
+def _slots(vec: _Vectors) -> tuple[Tensor, int]:
+    """Rows for packing a site's cells into batched VJP or JVP rows: examples are independent
+    rows of the forward pass, so each row can hold one cell of every example; a cell's row is
+    its rank among its example's cells. Returns the cells' rows and how many there are (the
+    most cells any example has, not the number of nodes)."""
+    n_examples = vec.shape[0]
+    counts = torch.bincount(vec.example, minlength=n_examples)
+    order = vec.example.argsort(stable=True)
+    slot = torch.empty_like(vec.example)
+    slot[order] = (torch.arange(len(order), device=order.device)
+                   - (counts.cumsum(0) - counts)[vec.example[order]])
+    return slot, int(counts.max())
+
+
+# ---- edges across unspliced blocks ---------------------------------------------------------
+def _cut_edges(
+    graph: SiteGraph,
+    cut: _CutForward,
+    moves: dict[str, _Vectors],
+    cotangents: dict[str, _Vectors],
+    weights: dict[tuple[str, str], Tensor],
+) -> None:
+    """Edges through the cut forward's graph: w(u → d) = Σ_b Δu(b) · Jᵀ v_d(b) = v_d(b) · J Δu(b).
+
+    Each upstream site's edges are computed either in the VJPs of its downstream sites'
+    cotangents (backward: one row per packed downstream cell, every upstream leaf at once) or
+    in JVPs of its own moves (forward: one row per packed upstream cell, every downstream site
+    at once), whichever ``_forward_sites`` finds cheaper. Both give the same sums."""
+    sites = {s.name: s for s in graph.sites}
+    up_slots = {name: _slots(vec) for name, vec in moves.items()}
+    down_slots = {name: _slots(vec) for name, vec in cotangents.items()}
+    forward = _forward_sites(sites, list(weights), {k: v[1] for k, v in up_slots.items()},
+                             {k: v[1] for k, v in down_slots.items()})
+    for up in (s for s in graph.sites if s.name in forward):
+        downs = [s for s in graph.sites if (up.name, s.name) in weights]
+        jvp = cut.jvp(up, downs)
+        slot, n_rows = up_slots[up.name]
+        per_row = CHUNK_FLOATS // math.prod(moves[up.name].shape) + 1
+        for start in range(0, n_rows, per_row):
+            rows = min(per_row, n_rows - start)
+            t, owner = _pack(moves[up.name], slot, start, rows)
+            keep = owner >= 0
+            for name, y in jvp(t).items():
+                if y is not None:
+                    dots = _dots(cotangents[name], y)  # [R, b, n_down]
+                    weights[(up.name, name)].index_add_(1, owner[keep], dots[keep].T)
+    for down in graph.sites:
+        ups = [u for u in graph.upstream[down.name]
+               if (u.name, down.name) in weights and u.name not in forward]
+        if not ups:
+            continue
+        slot, n_rows = down_slots[down.name]
+        per_row = CHUNK_FLOATS // math.prod(cotangents[down.name].shape) + 1
+        for start in range(0, n_rows, per_row):
+            rows = min(per_row, n_rows - start)
+            v, owner = _pack(cotangents[down.name], slot, start, rows)
+            keep = owner >= 0
+            for name, g in cut.vjp(down, v, ups).items():
+                if g is not None:
+                    dots = _dots(moves[name], g)  # [R, b, n_up]
+                    weights[(name, down.name)].index_add_(0, owner[keep], dots[keep])
+
+
+def _depth(site: Site) -> float:
+    """Where a site's activation is computed, in quarter blocks from the embedding (attention
+    about a quarter of a block, the MLP the rest): how far a VJP or JVP row between two sites
+    runs, the cost proxy of _forward_sites."""
+    if site.kind == "embed":
+        return 0.0
+    return 4.0 * site.layer + {"attn_z": 0.75, "attn": 1.0, "mlp": 4.0, "resid": 4.0}[site.kind]
+
+
+def _forward_sites(
+    sites: dict[str, Site], pairs: list[tuple[str, str]], up_rows: dict[str, int],
+    down_rows: dict[str, int],
+) -> set[str]:
+    """The upstream sites whose edges are cheaper by JVPs than in their downstream sites' VJPs.
+
+    Cost: rows × the distance the rows run (_depth; a quarter block at least): a forward site
+    pays its packed rows to its farthest downstream site, a downstream site its packed rows to
+    its farthest upstream site left backward. Chosen greedily, one site flipped at a time
+    while that lowers the cost (sites are few)."""
+    downs_of: dict[str, list[str]] = {}
+    ups_of: dict[str, list[str]] = {}
+    for up, down in pairs:
+        downs_of.setdefault(up, []).append(down)
+        ups_of.setdefault(down, []).append(up)
+
+    def far(up: str, down: str) -> float:
+        return max(_depth(sites[down]) - _depth(sites[up]), 0.25)
+
+    def cost(forward: set[str]) -> float:
+        total = sum(up_rows[u] * max(far(u, d) for d in downs_of[u]) for u in forward)
+        for down, ups in ups_of.items():
+            back = [far(u, down) for u in ups if u not in forward]
+            total += down_rows[down] * max(back, default=0.0)
+        return total
+
+    forward: set[str] = set()
+    best = cost(forward)
+    while True:
+        trial, flip = min((cost(forward ^ {u}), u) for u in sorted(downs_of))
+        if trial >= best:
+            return forward
+        best, forward = trial, forward ^ {flip}
 
 
 def _error_cotangent(model: SplicedModel, site: Site, state: _SiteState) -> Tensor:
@@ -461,7 +740,9 @@ def _error_cotangent(model: SplicedModel, site: Site, state: _SiteState) -> Tens
     b, p, f = state.active.unbind(-1)  # [A]
     coef = (d.W_dec.detach()[f] * g[b, p]).sum(-1)  # [A]
     out = g.clone().view(-1, g.shape[-1])
-    out.index_add_(0, b * g.shape[1] + p, -coef[:, None] * d.W_enc.detach().T[f])
+    # W_enc's columns gathered row by row (index_select), not as rows of its transpose: the
+    # strided gather of .T[f] is several times slower at thousands of active entries
+    out.T.index_add_(1, b * g.shape[1] + p, d.W_enc.detach().index_select(1, f) * -coef)
     return out.view_as(g)
 
 
@@ -518,48 +799,3 @@ class _Block:
         (g,) = torch.autograd.grad(y, x, grad_outputs=flat[node, row][:, None])
         out[node, row] = g[:, 0]
         return out.view_as(v)
-
-
-def _upstream_dots(
-    model: SplicedModel, delta: SiteDelta, g: Tensor, mask: Tensor, up_nodes: Tensor
-) -> Tensor:
-    """Σ_{b, p} Δu · g_n at the upstream site for every selected upstream node u, [N, n_up].
-
-    g [N, b, pos, d]. Features: Δf_j · (W_dec[j] · g_n[b, p]) over moved selected entries;
-    the error node (or bare component): Δerr · g_n."""
-    n, b, pos, _ = g.shape
-    n_nodes = mask.shape[-1]
-    per_position = mask.ndim == 2
-    lookup = torch.full((mask.numel(),), -1, dtype=torch.long, device=g.device)
-    lookup[up_nodes.to(g.device)] = torch.arange(len(up_nodes), device=g.device)
-    out = g.new_zeros(n, len(up_nodes))
-    # error node / bare component
-    if per_position:
-        err_cols = lookup.view(pos, n_nodes)[:, -1]  # [pos]
-        if (err_cols >= 0).any():
-            dots = torch.einsum("nbpd,bpd->np", g, delta.d_error)  # [N, pos]
-            q = (err_cols >= 0).nonzero()[:, 0]
-            out[:, err_cols[q]] += dots[:, q]
-    elif lookup[-1] >= 0:
-        out[:, lookup[-1]] += g.flatten(1) @ delta.d_error.flatten()
-    if len(delta.d_features) == 0:  # a bare site, or no selected feature moved
-        return out
-    eb, ep, ej = delta.feature_index.unbind(-1)  # [K]
-    cols = lookup[ep * n_nodes + ej] if per_position else lookup[ej]
-    keep = cols >= 0
-    eb, ep, ej, cols, d_f = eb[keep], ep[keep], ej[keep], cols[keep], delta.d_features[keep]
-    if len(cols) == 0:
-        return out
-    # features: per token row, the moved selected features there (padded to the fullest row):
-    # one batched matmul g[:, r] · W_dec[j] over rows, then Δf_j · that into column j
-    W = model.dictionaries[delta.site.name].W_dec.detach()
-    rows, which = (eb * pos + ep).unique(return_inverse=True)  # [U], [K]
-    order = which.argsort(stable=True)
-    which, ej, cols, d_f = which[order], ej[order], cols[order], d_f[order]
-    counts = torch.bincount(which, minlength=len(rows))  # [U]
-    slot = torch.arange(len(which), device=g.device) - (counts.cumsum(0) - counts)[which]  # [K]
-    w_rows = W.new_zeros(len(rows), int(counts.max()), W.shape[1])  # [U, k_max, d]
-    w_rows[which, slot] = W[ej]
-    h = torch.bmm(g.flatten(1, 2)[:, rows].transpose(0, 1), w_rows.transpose(1, 2))  # [U, N, k]
-    out.index_add_(1, cols, (h[which, :, slot] * d_f[:, None]).T)
-    return out

@@ -395,6 +395,58 @@ def test_incoming_edges_sum_to_the_node_score_across_unspliced_blocks(neox_token
     torch.testing.assert_close(metric_total, scores.sites["embed"].sum(), atol=2e-4, rtol=2e-3)
 
 
+def take_every_upstream_site(monkeypatch, direction: str) -> None:
+    """Across unspliced blocks each upstream site's edges are computed forward (JVPs of its
+    moves) or backward (in its downstream sites' VJPs), whichever circuits.edges thinks
+    cheaper; "forward"/"backward" force one way for every site, "chosen" leaves the choice."""
+    import circuits.edges
+
+    if direction != "chosen":
+        monkeypatch.setattr(circuits.edges, "_forward_sites", lambda sites, pairs, *_: (
+            {up for up, _ in pairs} if direction == "forward" else set()))
+
+
+@pytest.mark.parametrize("direction", ["backward", "forward", "chosen"])
+@pytest.mark.parametrize("method", ["atp", "relp"])
+def test_edges_across_unspliced_blocks_equal_one_backward_per_node(
+    sequential, data, method, direction, monkeypatch
+):
+    """Across unspliced blocks (sequential blocks: mlp_0 reaches attn_1 through resid_0, embed
+    everything through attn_0), edges from packed VJPs, from packed JVPs, or the chosen mix,
+    equal the straightforward reference: one backward per downstream node through the spliced
+    model, the node sites between held; several batches, the last one smaller."""
+    model = subset(sequential, ["embed", "mlp_0", "attn_1", "resid_1"])
+    assert not site_graph(model).complete
+    take_every_upstream_site(monkeypatch, direction)
+    selection = some_nodes(model, data, method)
+    edges = attribute_edges(model, data, method, selection, batch_size=3, progress=False)
+    hooks = rule_hooks(model.transformer, rules_for(model, None)) if method == "relp" else ()
+    expected = reference_edges(model, data, selection, hooks)
+    assert set(edges.weights) == set(expected) >= {("embed", "attn_1"), ("mlp_0", "resid_1")}
+    assert sum(int(w.count_nonzero()) for w in edges.weights.values()) > 50
+    for pair, w in expected.items():
+        torch.testing.assert_close(edges.weights[pair], w, rtol=1e-5,
+                                   atol=1e-5 * float(w.abs().max()), msg=str(pair))
+
+
+@pytest.mark.parametrize("direction", ["backward", "forward"])
+def test_per_position_edges_across_unspliced_blocks_sum_to_position_summed_edges(
+    tiny, direction, monkeypatch
+):
+    model = subset(tiny, ["embed", "mlp_0", "attn_1", "resid_1"])
+    data = model.tokenize(sva.generate("across_pp", 4, seed=0, tokenizer=model.tokenizer))
+    seq = data.seq_len
+    take_every_upstream_site(monkeypatch, direction)
+    per_pos = attribute_edges(model, data, "relp", everything(model, seq), progress=False)
+    summed = attribute_edges(model, data, "relp", everything(model), progress=False)
+    for (up, down), w in per_pos.weights.items():
+        full = w.view(seq, per_pos.shapes[down][-1], seq, per_pos.shapes[up][-1])
+        torch.testing.assert_close(full.sum((0, 2)), summed.weights[(up, down)],
+                                   atol=1e-5, rtol=1e-4)
+        later = torch.triu(torch.ones(seq, seq, dtype=torch.bool), 1)  # p_up > p_down
+        assert full.permute(0, 2, 1, 3)[later].abs().max() == 0, (up, down)
+
+
 def two_node_effect_of_a_subset(model, data, up, u, down, d, alpha: float) -> float:
     """Two-node patching with some sites spliced: move node u by alpha·Δu, every other spliced
     site held at its clean value, and read how node d moves; patch d alone by that move (all
