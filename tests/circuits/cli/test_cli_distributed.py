@@ -77,7 +77,7 @@ def test_a_failing_rank_leaves_the_earlier_run_and_says_so(tmp_path):
     (out / "summary.json").write_text('"the earlier run"')
     (out / "run.json").write_text(json.dumps({"files": ["summary.json"]}))
     done = torchrun(["-m", "tests.circuits.cli.failing_rank", "--", "discover", *SMALL,
-                     "--out", str(out)])
+                     "--no-features", "--out", str(out)])
     assert done.returncode != 0
     assert f"circuits discover: error (rank 1 of 2): {MESSAGE}" in done.stderr
     # rank 0 hears of it in its next collective, or from torchrun's SIGTERM: either names it
