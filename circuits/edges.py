@@ -37,16 +37,19 @@ W_dec rows of selected or active features are gathered. Cost per batch: the two 
 every site that node attribution also pays, plus Σ_downstream nodes × (one block backward).
 
 Across unspliced blocks (only some sites spliced), through one clean forward with every node
-site cut (``_CutForward``), two savings. Packing: examples are independent rows of the forward
-and a feature's vector is non-zero on few examples (a cotangent where the clean run opens its
-gate, a move where it moves), so each batched row holds one (node, example) cell of every
-example: rows = the most cells any example has, not the number of nodes (``_slots``, ``_pack``).
-Direction: w(u → d) = Jᵀv_d · Δu = v_d · J Δu, so an upstream site's edges come either from
-its downstream sites' VJPs (one row per downstream cell) or from JVPs of its own moves (one row
-per upstream cell, every downstream site at once, through the same graph: ``_CutForward.jvp``),
-whichever has fewer rows × blocks to run (``_forward_sites``). Gemma-3-270M with Gemma Scope 2 at
-layers 5/9/12/15 (benchmarks/gemma_scope.py): the residual sites go forward, a fifth of the
-rows × blocks of one VJP per downstream node.
+site cut (``_CutForward``), three savings. Positions: that forward covers the positions from the
+first where anything moves (the prefix enters as a key-value cache), from the first block with a
+node site on; no edge reads an earlier position. Packing: examples are independent rows of the
+forward and a feature's vector is non-zero on few examples (a cotangent where the clean run
+opens its gate, a move where it moves), so each batched row holds one (node, example) cell of
+every example: rows = the most cells any example has, not the number of nodes (``_slots``,
+``_pack``). Direction: w(u → d) = Jᵀv_d · Δu = v_d · J Δu, so an upstream site's edges come
+either from its downstream sites' VJPs (one row per downstream cell) or from JVPs of its own
+moves (one row per upstream cell, every downstream site at once, through the same graph:
+``_CutForward.jvp``), whichever has fewer rows × blocks to run (``_forward_sites``). On
+Gemma-3-270M with Gemma Scope 2 at layers 5/9/12/15 (benchmarks/gemma_scope.py) the residual
+sites go forward: a fifth of the rows × blocks of one VJP per downstream node, on 4 of the 6
+positions.
 
 Positions. aggregation "sum" (the scores' [n_nodes] masks): a node stands for all its positions,
 d summed over positions and u over positions (as SFC). "none" ([pos, n_nodes] masks): a node is
@@ -68,6 +71,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from circuits import distributed
 from circuits.context import AttributionContext
@@ -313,16 +317,18 @@ def _edges_of_batch(
     read = {down for _, down in weights} | {site.name for site in graph.last}  # g used there
     states = _site_states(ctx, options, hooks, read)
     _check_residual_sum(model, states)
-    cut = None if graph.complete else _CutForward(ctx, graph, hooks)
+    cut = None if graph.complete else _CutForward(ctx, graph, hooks, _first_move(ctx, states))
     for site in graph.last:  # edges to the metric: Δu · ∂m/∂u, other node sites held clean
         g = states[site.name].grad if cut is None else cut.metric_gradient(site)
         scores = linear_scores(model, states[site.name].delta, g)  # complete: the node score
         flat = scores.sum(0) if masks[site.name].ndim == 2 else scores.sum((0, 1))
         metric[site.name] += flat.flatten()[nodes[site.name]]
-    moves = {up: _moves(model, states[up].delta, nodes[up], masks[up]) for up, _ in weights}
+    start = 0 if cut is None else cut.start  # vectors on the positions the cut forward covers
+    moves = {up: _moves(model, states[up].delta, nodes[up], masks[up], start)
+             for up, _ in weights}
     sites = {s.name: s for s in graph.sites}
-    cotangents = {down: _cotangents(model, sites[down], states[down], nodes[down], masks[down])
-                  for _, down in weights}
+    cotangents = {down: _cotangents(model, sites[down], states[down], nodes[down], masks[down],
+                                    start) for _, down in weights}
     if cut is not None:  # across unspliced blocks
         _cut_edges(graph, cut, moves, cotangents, weights)
         return
@@ -351,11 +357,20 @@ class _CutForward:
     same value. What arrives at a site is then a function of its upstream node sites' leaves
     only (the other node sites held at their clean values, as SFC defines an edge), with the
     unspliced blocks in between computing, LRP rule hooks active for relp. Used where not
-    every site is a node site; with all of them the sublayer fast paths of _Block apply."""
+    every site is a node site; with all of them the sublayer fast paths of _Block apply.
 
-    def __init__(self, ctx: AttributionContext, graph: SiteGraph, hooks: list[TLHook]):
-        self.arriving: dict[str, Tensor] = {}  # site -> activation as it arrives [b, pos, d]
+    It covers positions ``start``.. only, from the first block with a node site on (the
+    clean residual stream entering it): the earlier positions, where no node moves
+    (``_first_move``), enter as a key-value cache of the clean run. No edge reads them: Δu is
+    0 there, and what a later position's change reaches comes later still (causal attention).
+    Leaves, arriving activations and the vectors of _cut_edges are [b, pos − start, d]."""
+
+    def __init__(
+        self, ctx: AttributionContext, graph: SiteGraph, hooks: list[TLHook], start: int = 0
+    ):
+        self.arriving: dict[str, Tensor] = {}  # site -> activation as it arrives [b, pos', d]
         self.leaves: dict[str, Tensor] = {}  # site -> the leaf the forward goes on with
+        self.start = start
         names = {s.hook_name: s.name for s in graph.sites}
 
         def cut(x: Tensor, hook) -> Tensor:
@@ -364,14 +379,28 @@ class _CutForward:
             self.leaves[names[hook.name]] = leaf
             return leaf
 
-        self.value, _ = forward(ctx.model, ctx.batch.clean_tokens, ctx.targets,
-                                hooks=[*hooks, *((h, cut) for h in names)], grad=True)
+        tl = ctx.model.transformer
+        first = min(max(s.layer, 0) for s in graph.sites)  # the first block with a node site
+        resid = ctx.clean[resid_pre(first)]  # [b, pos, d]
+        cache = None
+        if start:  # the prefix's keys and values, blocks first..: no attention mask, as uncached
+            cache = TransformerLensKeyValueCache.init_cache(tl.cfg, tl.cfg.device, len(ctx))
+            with torch.no_grad():
+                tl(resid[:, :start], return_type=None, start_at_layer=first, past_kv_cache=cache)
+        targets = dataclasses.replace(ctx.targets, lengths=ctx.targets.lengths - start)
+        self.value, _ = forward(ctx.model, resid[:, start:], targets,
+                                hooks=[*hooks, *((h, cut) for h in names)],
+                                start_at_layer=first, grad=True, past_kv_cache=cache)
 
     def metric_gradient(self, site: Site) -> Tensor:
-        """∂(Σ metric)/∂ the site's leaf: the metric's gradient with the other node sites cut."""
-        (g,) = torch.autograd.grad(self.value.sum(), self.leaves[site.name], retain_graph=True,
-                                   allow_unused=True)
-        return site.vectors(torch.zeros_like(self.leaves[site.name]) if g is None else g)
+        """∂(Σ metric)/∂ the site's leaf: the metric's gradient with the other node sites cut,
+        [b, pos, d] (0 before ``start``)."""
+        leaf = self.leaves[site.name]
+        (g,) = torch.autograd.grad(self.value.sum(), leaf, retain_graph=True, allow_unused=True)
+        full = leaf.new_zeros(leaf.shape[0], self.start + leaf.shape[1], *leaf.shape[2:])
+        if g is not None:
+            full[:, self.start:] = g
+        return site.vectors(full)
 
     def vjp(self, down: Site, v: Tensor, ups: list[Site]) -> dict[str, Tensor | None]:
         """v [R, b, pos, d] at the arriving activation of ``down`` -> [R, b, pos, d] at each
@@ -442,6 +471,20 @@ def _site_states(
     return states
 
 
+def _first_move(ctx: AttributionContext, states: dict[str, _SiteState]) -> int:
+    """The first position where any node site moves from clean to patch (a feature or the
+    error node; at most the shortest prompt's last position): every Δu is 0 before it."""
+    first = int(ctx.targets.lengths.min()) - 1
+    for state in states.values():
+        delta = state.delta
+        if len(delta.feature_index):
+            first = min(first, int(delta.feature_index[:, 1].min()))
+        moved = delta.d_error.ne(0).any(-1).any(0).nonzero()  # [positions, 1]
+        if len(moved):
+            first = min(first, int(moved[0, 0]))
+    return max(first, 0)
+
+
 def _check_residual_sum(model: SplicedModel, states: dict[str, _SiteState]) -> None:
     """resid_L = resid_{L-1} + attn_L + mlp_L: what makes every edge into resid an identity
     (checked where all four are node sites)."""
@@ -492,10 +535,18 @@ class _Vectors:
 def _vectors(
     shape: tuple[int, int, int], n_nodes: int, err_nodes: Tensor, err_pos: Tensor | None,
     error: Tensor | None, rows: Tensor, example: Tensor, pos: Tensor, direction: Tensor,
-    coef: Tensor, directions: Tensor | None,
+    coef: Tensor, directions: Tensor | None, start: int,
 ) -> _Vectors:
     """_Vectors from the error nodes and the feature entries (node row, example, position,
-    direction, coefficient): the cells they fill."""
+    direction, coefficient): the cells they fill, on positions ``start``.. of ``shape``."""
+    if start:
+        later = pos >= start
+        rows, example, pos = rows[later], example[later], pos[later] - start
+        direction, coef = direction[later], coef[later]
+        if err_pos is not None:
+            err_nodes, err_pos = err_nodes[err_pos >= start], err_pos[err_pos >= start] - start
+        error = None if error is None or len(err_nodes) == 0 else error[:, start:]
+        shape = (shape[0], shape[1] - start, shape[2])
     n_examples = shape[0]
     cells, entry_cell = (rows * n_examples + example).unique(return_inverse=True)
     arange = torch.arange(n_examples, device=rows.device)
@@ -510,9 +561,10 @@ def _vectors(
 
 
 def _cotangents(
-    model: SplicedModel, site: Site, state: _SiteState, down: Tensor, mask: Tensor
+    model: SplicedModel, site: Site, state: _SiteState, down: Tensor, mask: Tensor,
+    start: int = 0,
 ) -> _Vectors:
-    """∂(g_d · d)/∂x_D for the downstream nodes ``down`` (flat indices)."""
+    """∂(g_d · d)/∂x_D for the downstream nodes ``down`` (flat indices), positions start.."""
     g = state.grad  # [b, pos, d]
     n_nodes = mask.shape[-1]
     node, pos = down % n_nodes, down // n_nodes  # pos meaningful only for [pos, n_nodes] masks
@@ -536,11 +588,13 @@ def _cotangents(
         rows, feature = feats[hit[:, 1]], which[hit[:, 1]]  # feature: row of directions
         coef = (d.W_dec.detach()[features[feature]] * g[example, at]).sum(-1)  # [H]
     return _vectors(_shape(g), len(down), err_nodes, pos[err_nodes] if mask.ndim == 2 else None,
-                    error, rows, example, at, feature, coef, directions)
+                    error, rows, example, at, feature, coef, directions, start)
 
 
-def _moves(model: SplicedModel, delta: SiteDelta, up: Tensor, mask: Tensor) -> _Vectors:
-    """Δu for the upstream nodes ``up`` (flat indices)."""
+def _moves(
+    model: SplicedModel, delta: SiteDelta, up: Tensor, mask: Tensor, start: int = 0
+) -> _Vectors:
+    """Δu for the upstream nodes ``up`` (flat indices), positions start.."""
     n_nodes = mask.shape[-1]
     device = delta.d_error.device
     lookup = torch.full((mask.numel(),), -1, dtype=torch.long, device=device)
@@ -561,7 +615,7 @@ def _moves(model: SplicedModel, delta: SiteDelta, up: Tensor, mask: Tensor) -> _
                   if model.dictionaries else None)  # [F', d]: W_dec[j]
     return _vectors(_shape(delta.d_error), len(up), err_nodes, err_pos,
                     delta.d_error if len(err_nodes) else None, rows[keep], eb[keep], ep[keep],
-                    which, delta.d_features[keep], directions)
+                    which, delta.d_features[keep], directions, start)
 
 
 def _shape(x: Tensor) -> tuple[int, int, int]:

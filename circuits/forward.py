@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.utilities.activation_functions import apply_softcap
 
 from saes.sites import Site, final_resid, resid_post, resid_pre
@@ -121,9 +122,12 @@ def forward(
     hooks: Sequence[TLHook] = (),
     start_at_layer: int | None = None,
     grad: bool = False,
+    past_kv_cache: TransformerLensKeyValueCache | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Run the plain model on tokens [b, seq] (or a residual [b, seq, d] with start_at_layer),
-    recording hooks first and then ``hooks``; returns (metric [b], records)."""
+    recording hooks first and then ``hooks``; returns (metric [b], records). past_kv_cache: a
+    transformer_lens key-value cache of the positions before ``inputs`` (``targets`` then
+    count positions from the first one of ``inputs``)."""
     tl = model.transformer
     store: dict[str, Tensor] = {}
     final = final_resid(tl.cfg)
@@ -135,7 +139,8 @@ def forward(
 
     fwd_hooks = recorder(record, store) + list(hooks) + [(final, keep_final)]
     with torch.set_grad_enabled(grad), tl.hooks(fwd_hooks=fwd_hooks):
-        tl(inputs, return_type=None, start_at_layer=start_at_layer)
+        tl(inputs, return_type=None, start_at_layer=start_at_layer,
+           past_kv_cache=past_kv_cache)
         # started after the last block: the input is the final residual stream
         value = metric(model, out.get("resid", inputs), targets)
     return value, store

@@ -406,20 +406,30 @@ def take_every_upstream_site(monkeypatch, direction: str) -> None:
             {up for up, _ in pairs} if direction == "forward" else set()))
 
 
+@pytest.mark.parametrize("cached", [True, False])
 @pytest.mark.parametrize("direction", ["backward", "forward", "chosen"])
 @pytest.mark.parametrize("method", ["atp", "relp"])
 def test_edges_across_unspliced_blocks_equal_one_backward_per_node(
-    sequential, data, method, direction, monkeypatch
+    sequential, data, method, direction, cached, monkeypatch
 ):
     """Across unspliced blocks (sequential blocks: mlp_0 reaches attn_1 through resid_0, embed
     everything through attn_0), edges from packed VJPs, from packed JVPs, or the chosen mix,
     equal the straightforward reference: one backward per downstream node through the spliced
-    model, the node sites between held; several batches, the last one smaller."""
+    model, the node sites between held; several batches, the last one smaller. cached: the cut
+    forward covers the positions from the first that moves, the unchanged prefix a key-value
+    cache (else every position, from the embedding)."""
+    import circuits.edges
+
     model = subset(sequential, ["embed", "mlp_0", "attn_1", "resid_1"])
     assert not site_graph(model).complete
     take_every_upstream_site(monkeypatch, direction)
+    starts: list[int] = []
+    first_move = circuits.edges._first_move
+    monkeypatch.setattr(circuits.edges, "_first_move", lambda *args: starts.append(
+        first_move(*args) if cached else 0) or starts[-1])
     selection = some_nodes(model, data, method)
     edges = attribute_edges(model, data, method, selection, batch_size=3, progress=False)
+    assert len(starts) == 2 and (min(starts) >= 1 if cached else set(starts) == {0})  # batches
     hooks = rule_hooks(model.transformer, rules_for(model, None)) if method == "relp" else ()
     expected = reference_edges(model, data, selection, hooks)
     assert set(edges.weights) == set(expected) >= {("embed", "attn_1"), ("mlp_0", "resid_1")}
