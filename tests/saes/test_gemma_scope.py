@@ -277,3 +277,33 @@ def test_attention_dictionaries_on_hook_z_splice_exactly_and_score(gemma: Splice
 
     circuit = build(scores, top_k=5)
     assert Circuit.from_json(circuit.to_json()).meta.dictionaries["resid_9"] == ids
+
+
+def test_edges_across_gemma_blocks_equal_with_and_without_the_prefix_cache(
+    gemma: SplicedModel, monkeypatch: pytest.MonkeyPatch
+):
+    """Edges across unspliced blocks run the cut forward from the first position that moves,
+    the unchanged prefix as a key-value cache: on Gemma (rotary, grouped-query and
+    sliding-window attention, soft-capping) they equal the edges of the full forward."""
+    import circuits.edges
+    from circuits import attribute, attribute_edges, select_nodes
+
+    pairs = sva.load("across_pp", split="test", n=4, seed=0)
+    scores = attribute(gemma, pairs, "relp", progress=False)
+    selection = select_nodes(scores, top_k=8)
+    starts: list[int] = []
+    first_move = circuits.edges._first_move
+
+    def recorded(*args: Any) -> int:
+        starts.append(first_move(*args))
+        return starts[-1]
+
+    monkeypatch.setattr(circuits.edges, "_first_move", recorded)
+    cached = attribute_edges(gemma, pairs, "relp", selection, progress=False)
+    assert starts and min(starts) >= 1  # the prefix was cached
+    monkeypatch.setattr(circuits.edges, "_first_move", lambda *args: 0)
+    full = attribute_edges(gemma, pairs, "relp", selection, progress=False)
+    assert set(cached.weights) == set(full.weights) >= {("resid_5", "resid_9")}
+    for key, w in full.weights.items():
+        torch.testing.assert_close(cached.weights[key], w, atol=1e-5 * w.abs().max() + 1e-8,
+                                   rtol=1e-4)
