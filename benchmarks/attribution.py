@@ -8,12 +8,12 @@ Prints markdown tables:
     examples (the table of `circuits compare`): only nodes that moved (non-zero in either method)
     are compared, error nodes included; atp* (magnitudes, Kramár et al. Eq. 11) is compared with
     |exact|.
-(b) Wall (and CPU) time and peak memory per method on n agreement prompts (tasks.sva across_pp
-    with the model's tokenizer), and the ratios relp/atp, ig/atp, atp*/atp, exact/atp from the
-    same run. exact is timed on the prompts of table (a) (--exact-n / --agreement-n when given)
-    and its time scaled to n prompts for the ratio (said in the output). Peak memory: CUDA max
-    allocated on a GPU; on CPU the peak resident set size above the level before the method
-    ran, sampled every 5 ms, each method in a fresh process.
+(b) Wall (and CPU) time and peak memory per method (--timed, default all) on n prompts (tasks.sva
+    --construction, default across_pp, or ioi, with the model's tokenizer), and the ratios relp/atp,
+    ig/atp, atp*/atp, exact/atp from the same run. exact is timed on the prompts of table (a)
+    (--exact-n / --agreement-n when given) and its time scaled to n prompts for the ratio (said in
+    the output). Peak memory: CUDA max allocated on a GPU; on CPU the peak resident set size above
+    the level before the method ran, sampled every 5 ms, each method in a fresh process.
 
 Model: the organism (saes/organism/weights), or --model NAME [--dictionaries STRING] (as
 `saes.load`; e.g. --model gemma-3-270m --dictionaries trained). --methods picks the compared
@@ -45,7 +45,7 @@ from circuits import attribute  # noqa: E402
 from circuits.methods import method  # noqa: E402
 from evaluation.agreement import POOLED, agreement, agreement_table  # noqa: E402
 from saes import SplicedModel, load  # noqa: E402
-from tasks import sva  # noqa: E402
+from tasks import ioi, sva  # noqa: E402
 from tasks.pairs import Dataset  # noqa: E402
 
 COMPARED = ("atp", "atp*", "ig", "relp")  # against exact
@@ -207,7 +207,8 @@ def main() -> None:
     parser.add_argument("--exact-n", type=int, default=None,
                         help="with --pythia: also build table (a) and time exact on this many")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--construction", default="across_pp")
+    parser.add_argument("--construction", default="across_pp",
+                        help="an agreement construction (tasks.sva), or ioi")
     parser.add_argument("--exact-batch", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds (best kept)")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
@@ -216,12 +217,19 @@ def main() -> None:
                         help="as saes.load's dictionaries= (e.g. trained, a release string)")
     parser.add_argument("--methods", nargs="+", default=list(COMPARED),
                         help="methods compared with exact; relp:RULES for a rule variant")
+    parser.add_argument("--timed", nargs="*", default=None,
+                        help="methods in the cost table (default: every compared method; atp "
+                        "is always timed, as the base of the ratios)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     argv = sys.argv[1:]
     args = parser.parse_args()
 
     model, description = pick_model(args)
-    pairs = sva.generate(args.construction, args.n, seed=0, tokenizer=model.tokenizer)
+    if args.construction == "ioi":  # two templates of one length, so every prompt has one
+        pairs = ioi.generate(args.n, seed=0, tokenizer=model.tokenizer,
+                             templates=("then", "when"))
+    else:
+        pairs = sva.generate(args.construction, args.n, seed=0, tokenizer=model.tokenizer)
     data = model.tokenize(pairs)
     if args.child:
         if args.child == "exact":  # exact is timed on the prompts of table (a)
@@ -245,7 +253,8 @@ def main() -> None:
         print(agreement_markdown(model, data.subset(slice(0, agreement_n)), args))
         print()
     # atp is every ratio's base
-    methods = (*(["exact"] if run_exact else []), *dict.fromkeys(["atp", *args.methods]))
+    timed_methods = args.methods if args.timed is None else args.timed
+    methods = (*(["exact"] if run_exact else []), *dict.fromkeys(["atp", *timed_methods]))
     print(f"## (b) Cost on {len(data)} prompts\n")
     print(cost_table(model, data, methods, args, argv))
     exact_note = ""

@@ -9,7 +9,9 @@ identity dictionaries (neurons as nodes, ``load(..., dictionaries="neurons")``);
 circuits of each on the test split under mean ablation. Writes ``sweep.csv`` (every row, a
 ``task`` column added), ``<construction>.png/.svg`` and ``all.png/.svg`` to --out, and prints
 markdown tables:
-(a) nodes needed for faithfulness >= 0.8 (the first node count of the grid that reaches it),
+(a) nodes needed for faithfulness >= 0.8 and >= 0.9 (the first node count of the grid that
+reaches it), with the share of relp's moved nodes (non-zero scores) that it is, and how many
+times more neurons than relp features the same faithfulness needs,
 (b) faithfulness at fixed node counts, (c) completeness at the same counts, (d) relp vs ig:
 Spearman correlation of the node scores (average ranks for ties, over the nodes non-zero in
 either), overlap of their top-k sets, and the largest faithfulness gap.
@@ -41,7 +43,7 @@ CONSTRUCTIONS = ("simple", "within_rc", "across_rc", "across_pp")
 SAE_METHODS = ("relp", "ig", "atp")
 NEURONS = "neurons (relp)"
 FIXED = (10, 25, 50, 100, 200, 400)
-TARGET = 0.8
+TARGETS = (0.8, 0.9)
 
 
 def node_grid(total: int) -> list[int]:
@@ -50,7 +52,7 @@ def node_grid(total: int) -> list[int]:
     return sorted({0, *grid, *(k for k in FIXED if k <= total)})
 
 
-def nodes_needed(table: pd.DataFrame, target: float = TARGET) -> float:
+def nodes_needed(table: pd.DataFrame, target: float) -> float:
     """Smallest node count of the sweep with faithfulness >= target (NaN: never)."""
     hit = table[table["faithfulness"] >= target]
     return float(hit["n_nodes"].min()) if not hit.empty else float("nan")
@@ -139,6 +141,8 @@ def main() -> None:
         table = pd.concat([sae, neuron], ignore_index=True).assign(task=construction)
         frames.append(table)
         comparisons[construction] = compare(scores["relp"], scores["ig"])
+        comparisons[construction]["relp_moved"] = float(
+            sum(int(v.ne(0).sum()) for v in scores["relp"].sites.values()))
         relp_f = table[table["method"] == "relp"].set_index("top_k")["faithfulness"]
         ig_f = table[table["method"] == "ig"].set_index("top_k")["faithfulness"]
         gap = (relp_f - ig_f).abs()
@@ -159,15 +163,24 @@ def main() -> None:
     print(f"Model {args.model} ({model!r}); attribution on {args.n_train} train pairs, "
           f"evaluation on {args.n_test} test pairs; SAE nodes per construction: {total}, "
           f"neuron nodes: {n_total}; node counts on a geometric grid (~55 points).\n")
-    print(f"(a) nodes needed for faithfulness >= {TARGET}\n")
-    print("| construction | " + " | ".join(methods) + " |")
-    print("|---|" + "---:|" * len(methods))
-    for c in args.constructions:
-        part = table[table["task"] == c]
-        cells = [fmt(nodes_needed(part[part["method"] == m]), 0) for m in methods]
-        print(f"| {c} | " + " | ".join(cells) + " |")
+    for target in TARGETS:
+        print(f"(a) nodes needed for faithfulness >= {target} (relp: also as a share of its "
+              "moved nodes; neurons ÷ relp: how many times more nodes the neuron baseline "
+              "needs)\n")
+        print("| construction | " + " | ".join(methods) + " | relp moved | relp share | "
+              "neurons ÷ relp |")
+        print("|---|" + "---:|" * (len(methods) + 3))
+        for c in args.constructions:
+            part = table[table["task"] == c]
+            needed = {m: nodes_needed(part[part["method"] == m], target) for m in methods}
+            moved = comparisons[c]["relp_moved"]
+            cells = [fmt(needed[m], 0) for m in methods]
+            print(f"| {c} | " + " | ".join(cells) + f" | {moved:.0f} | "
+                  f"{fmt(100 * needed['relp'] / moved, 1)}% | "
+                  f"{fmt(needed[NEURONS] / needed['relp'], 1)} |")
+        print()
     for column, label in (("faithfulness", "(b)"), ("completeness", "(c)")):
-        print(f"\n{label} {column} at fixed node counts (top-k by |score|)\n")
+        print(f"{label} {column} at fixed node counts (top-k by |score|)\n")
         print("| construction | method | " + " | ".join(str(k) for k in FIXED) + " |")
         print("|---|---|" + "---:|" * len(FIXED))
         for c in args.constructions:
@@ -175,7 +188,8 @@ def main() -> None:
             for m in methods:
                 rows = [at_count(part[part["method"] == m], k, column) for k in FIXED]
                 print(f"| {c} | {m} | " + " | ".join(fmt(x) for x in rows) + " |")
-    print("\n(d) relp vs ig: Spearman of |score| (average ranks for ties) over the nodes that "
+        print()
+    print("(d) relp vs ig: Spearman of |score| (average ranks for ties) over the nodes that "
           "moved (non-zero in either), top-100 overlap, largest "
           "|faithfulness(relp) − faithfulness(ig)| over the grid (at k nodes)\n")
     print("| construction | m(M) | m(∅) | Spearman | moved nodes | top-100 overlap | max gap "
