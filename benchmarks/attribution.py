@@ -218,8 +218,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(COMPARED),
                         help="methods compared with exact; relp:RULES for a rule variant")
     parser.add_argument("--timed", nargs="*", default=None,
-                        help="methods in the cost table (default: every compared method; atp "
-                        "is always timed, as the base of the ratios)")
+                        help="methods in the cost table, exact among them (default: exact and "
+                        "every compared method; atp is always timed, as the base of the ratios)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     argv = sys.argv[1:]
     args = parser.parse_args()
@@ -254,11 +254,13 @@ def main() -> None:
         print()
     # atp is every ratio's base
     timed_methods = args.methods if args.timed is None else args.timed
-    methods = (*(["exact"] if run_exact else []), *dict.fromkeys(["atp", *timed_methods]))
+    time_exact = run_exact and (args.timed is None or "exact" in args.timed)
+    methods = (*(["exact"] if time_exact else []),
+               *dict.fromkeys(["atp", *(m for m in timed_methods if m != "exact")]))
     print(f"## (b) Cost on {len(data)} prompts\n")
     print(cost_table(model, data, methods, args, argv))
     exact_note = ""
-    if run_exact:
+    if time_exact:
         exact_note = (f" exact is timed on the {agreement_n} prompts of table (a); its × atp "
                       f"ratios are per prompt (its time × {len(data)}/{agreement_n}).")
     print(f"\nTimes: best of {args.rounds} interleaved rounds in one process (exact: one run); "

@@ -5,6 +5,7 @@ with a BOS token) so that it takes seconds."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -174,3 +175,36 @@ def test_the_trained_corpus_is_gemmas_default_once_built(tmp_path, monkeypatch):
     (tmp_path / "gemma-3-270m-trained" / "corpus" / "train.jsonl").write_text("")
     assert has_default_corpus("gemma-3-270m") and has_default_corpus("gemma-3-270m+neurons")
     assert not has_default_corpus("pythia-70m-deduped")
+
+
+def test_each_decoder_bias_starts_at_its_sites_mean_activation(tmp_path, organism, tiny_corpus):
+    """With lr ~0 nothing trains: the saved decoder bias is the start, the site's mean activation
+    over the first mean_rows rows (BOS left out), in the units of the activations (sae_lens
+    folds its normalization back in on saving; its scale comes from other batches, hence the
+    tolerance). Without it the bias starts, and stays, at 0."""
+    from saes.trained.train import mean_activations
+
+    model = organism.transformer
+    rows = packed_rows(TINY, organism.tokenizer, [json.loads(line) for line in
+                                                  (tiny_corpus / "train.jsonl").open()])
+    sites = [organism.site(name) for name in TINY.sites]
+    raw = {}
+    for site in sites:
+        _, cache = model.run_with_cache(torch.tensor(rows[: TINY.mean_rows]),
+                                        names_filter=site.hook_name)
+        x = site.vectors(cache[site.hook_name])[:, 1:].reshape(-1, site.width(model.cfg))
+        raw[site.name] = x.mean(0)
+        scaled = mean_activations(model, [site], rows[: TINY.mean_rows])[site.name]
+        torch.testing.assert_close(scaled, x.mean(0) * x.shape[-1] ** 0.5
+                                   / x.norm(dim=-1).mean())
+    for mean_rows in (TINY.mean_rows, 0):
+        cfg = dataclasses.replace(TINY, lr=1e-12, mean_rows=mean_rows)  # sae_lens refuses 0
+        out = train(cfg, out=tmp_path / str(mean_rows), corpus=tiny_corpus,
+                    checkpoints=tmp_path / "ckpt", model=model)
+        for site in TINY.sites:
+            b_dec = _weights(out, site)["b_dec"]
+            if mean_rows:
+                assert torch.cosine_similarity(b_dec, raw[site], 0) > 0.999
+                assert abs(b_dec.norm() / raw[site].norm() - 1) < 0.1
+            else:
+                assert b_dec.norm() < 1e-6 * raw[site].norm()
