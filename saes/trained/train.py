@@ -238,12 +238,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=defaults.batch)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--checkpoint-tokens", type=int, default=defaults.checkpoint_tokens)
+    parser.add_argument("--mean-rows", type=int, default=defaults.mean_rows,
+                        help="rows whose mean activation starts each decoder bias (0: a zero "
+                        f"bias, as sae_lens starts it; default {defaults.mean_rows})")
     parser.add_argument("--out", type=Path, default=None, help=f"(default {dictionaries_dir()})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = TrainConfig(sites=tuple(args.sites.split(",")), tokens=args.tokens, d_sae=args.d_sae,
                       k=args.k, batch=args.batch, seed=args.seed,
-                      checkpoint_tokens=args.checkpoint_tokens)
+                      checkpoint_tokens=args.checkpoint_tokens, mean_rows=args.mean_rows)
     print(train(cfg, out=args.out))
 
 
