@@ -6,7 +6,8 @@ Loads them through ``saes.load("gemma-3-270m", dictionaries="trained")`` (the pa
 takes) and reports, per dictionary, on the held-out split of the corpus (saes.trained.corpus):
 
 - variance explained = 1 - sum |x - x_hat|^2 / sum |x - mean x|^2, mean L0, dead fraction
-  (never active on the held-out tokens);
+  (never active on the held-out tokens); the mean's share of E|x|^2 and the cosine of the
+  decoder bias with the mean (saes.trained.train says why these matter);
 - next-token loss recovered = (L_zero - L_spliced) / (L_zero - L_clean), where L_spliced has the
   site replaced by its reconstruction (the dictionary spliced without its error term) and
   L_zero has the site's activation zeroed;
@@ -87,12 +88,16 @@ def dictionary_stats(model: SplicedModel, rows: Tensor, batch: int = 4) -> list[
             spliced += _loss(edited, part) * len(part)
         n = len(rows)
         unexplained = (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+        mean = x.mean(0)
         out.append({
             "site": site.name,
             "d_sae": dictionary.d_sae,
             "variance_explained": 1 - unexplained.item(),
             "l0": (f > 0).float().sum(-1).mean().item(),
             "dead_fraction": ((f > 0).sum(0) == 0).float().mean().item(),
+            # how much of the activation is its mean, and whether the decoder bias found it
+            "mean_share": (mean.pow(2).sum() / x.pow(2).sum(-1).mean()).item(),
+            "bias_mean_cosine": torch.cosine_similarity(dictionary.b_dec, mean, 0).item(),
             "loss_clean": clean / n,
             "loss_zero": zero / n,
             "loss_spliced": spliced / n,
@@ -191,13 +196,14 @@ def render(card: dict) -> str:
         "`python -m saes.trained.card`.",
         "",
         "| site | variance explained | mean L0 | dead | loss recovered | agreement spliced ("
-        + ", ".join(CONSTRUCTIONS) + ") |",
-        "|---|---:|---:|---:|---:|---|",
+        + ", ".join(CONSTRUCTIONS) + ") | mean's share of E|x|² | cos(b_dec, mean) |",
+        "|---|---:|---:|---:|---:|---|---:|---:|",
     ]
     for d in card["dictionaries"]:
         agree = ", ".join(f"{d['agreement_spliced'][c]:.2f}" for c in CONSTRUCTIONS)
         lines.append(f"| {d['site']} | {d['variance_explained']:.3f} | {d['l0']:.1f} | "
-                     f"{d['dead_fraction']:.1%} | {d['loss_recovered']:.3f} | {agree} |")
+                     f"{d['dead_fraction']:.1%} | {d['loss_recovered']:.3f} | {agree} | "
+                     f"{d['mean_share']:.2f} | {d['bias_mean_cosine']:.2f} |")
     lines += ["", "Plain Gemma's agreement accuracy: " + ", ".join(
         f"{c} {plain[c]:.2f} ({card['agreement_pairs'][c]} pairs)" for c in CONSTRUCTIONS) + ".",
         "", "Top-activating held-out contexts («token» activation):", ""]

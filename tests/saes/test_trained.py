@@ -147,6 +147,8 @@ def test_card_identities_on_the_neuron_baseline(organism):
     for d in stats:
         assert d["variance_explained"] == pytest.approx(1, abs=1e-5)
         assert d["loss_recovered"] == pytest.approx(1, abs=1e-4)
+        assert 0 < d["mean_share"] <= 1  # |E x|^2 <= E|x|^2
+        assert d["bias_mean_cosine"] == 0  # an identity dictionary's bias is 0
     sets = card.agreement_sets(model, limit=50)
     assert card.agreement(model, sets, no_error="resid_1") == card.agreement(model, sets)
     measured = card.measure(model=model, data=rows, limit=20, features=2)
