@@ -64,9 +64,13 @@ def main() -> None:
     with torch.no_grad():
         for batch in data.batches(32):
             forward(model, batch.clean_tokens, Targets.of(batch))
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
     plain_s = time.perf_counter() - started
     started = time.perf_counter()
     attribute(model, data, "atp", progress=False)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
     atp_s = time.perf_counter() - started
 
     rows = [("plain forward (this process)", plain_s),
@@ -82,9 +86,13 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     for name, seconds in rows:
         print(f"| {name} | {seconds:.1f} | {seconds / atp_s:.2f} | {seconds / plain_s:.1f} |")
+    def ratio(name: str) -> str:  # null in summary.json where the ratio is undefined
+        value = summary[name]
+        return "undefined" if value is None else f"{value:.3f}"
+
     print(f"\nend to end {cli_s / 60:.1f} min (goal < 5), peak memory of the discover process "
           f"{peak_gib:.2f} GiB (goal < 8; max RSS, loading included); held-out faithfulness "
-          f"{summary['faithfulness']:.3f}, completeness {summary['completeness']:.3f} on "
+          f"{ratio('faithfulness')}, completeness {ratio('completeness')} on "
           f"{summary['n_evaluation']} pairs; run in {args.out}")
 
 

@@ -113,7 +113,7 @@ def mean_activations(model, sites: list[Site], rows: list[list[int]]) -> dict[st
             stored[site.name] = x.reshape(-1, x.shape[-1]).float()
         return hook
 
-    last = max(s.layer for s in sites)
+    last = max(max(s.layer, 0) for s in sites)  # embed (-1) reads block 0's input
     with model.hooks(fwd_hooks=[(s.hook_name, keep(s)) for s in sites]):
         model(torch.tensor(rows, device=model.cfg.device), return_type=None,
               stop_at_layer=last + 1)
