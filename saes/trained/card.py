@@ -196,7 +196,7 @@ def render(card: dict) -> str:
         "`python -m saes.trained.card`.",
         "",
         "| site | variance explained | mean L0 | dead | loss recovered | agreement spliced ("
-        + ", ".join(CONSTRUCTIONS) + ") | mean's share of E|x|² | cos(b_dec, mean) |",
+        + ", ".join(CONSTRUCTIONS) + ") | mean's share of E\\|x\\|² | cos(b_dec, mean) |",
         "|---|---:|---:|---:|---:|---|---:|---:|",
     ]
     for d in card["dictionaries"]:
