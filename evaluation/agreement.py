@@ -2,9 +2,12 @@
 
 Pearson r between a method's scores and the exact scores, per site and over all sites pooled,
 on the nodes that moved (a non-zero score in either; nodes that never move score 0 in every
-method and would inflate r). Feature and error nodes are compared alike; on a bare model the
-nodes are the components at each position. A method that scores magnitudes only (``signed``
-False, e.g. atp*) is compared with |exact|. Reads scores; never computes them.
+method and would inflate r). Feature and error nodes are compared alike; with dictionaries a
+second pooled row leaves the error nodes out (an error node moves the whole unexplained part of
+its site at once, where first-order methods miss most; a few of them can decide the pooled r).
+On a bare model the nodes are the components at each position. A method that scores
+magnitudes only (``signed`` False, e.g. atp*) is compared with |exact|. Reads scores; never
+computes them.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from torch import Tensor
 from circuits.scores import Scores
 
 POOLED = "all sites"
+FEATURES_POOLED = "all features"  # pooled over every site, error nodes left out
 
 
 def pearson(x: Tensor, y: Tensor) -> float:
@@ -44,10 +48,10 @@ mlp; embed counts as resid), e.g. for a model without dictionaries."""
 
 
 def agreement(scores: Mapping[str, Scores], exact: Scores, by: GroupBy = "site") -> pd.DataFrame:
-    """One row per (method, site) plus a pooled row per method: columns method, site, r,
-    n_nodes (nodes compared). by="kind" pools the sites of each component kind (resid, attn,
-    mlp) instead of one row per site: for a bare model, whose sites hold one node per
-    position, the RelP paper's table."""
+    """One row per (method, site) plus a pooled row per method (and, with dictionaries, one
+    pooled over the feature nodes only): columns method, site, r, n_nodes (nodes compared).
+    by="kind" pools the sites of each component kind (resid, attn, mlp) instead of one row per
+    site: for a bare model, whose sites hold one node per position, the RelP paper's table."""
     if by not in ("site", "kind"):
         raise ValueError(f"unknown by={by!r}; use 'site' or 'kind'")
     if exact.per_example:
@@ -61,6 +65,7 @@ def agreement(scores: Mapping[str, Scores], exact: Scores, by: GroupBy = "site")
                 f"{exact.aggregation}, averaged); attribute both on the same model and data"
             )
         groups: dict[str, tuple[list[Tensor], list[Tensor]]] = {}
+        features: tuple[list[Tensor], list[Tensor]] = ([], [])
         for site, reference in exact.sites.items():
             truth = reference if s.signed else reference.abs()
             mine = s.sites[site].to(truth.device)
@@ -68,12 +73,21 @@ def agreement(scores: Mapping[str, Scores], exact: Scores, by: GroupBy = "site")
             xs, ys = groups.setdefault(site if by == "site" else component_kind(site), ([], []))
             xs.append(mine[moved].float().cpu())
             ys.append(truth[moved].float().cpu())
+            if not exact.components_only:  # the error node is each site's last node
+                feature = moved.clone()
+                feature[..., exact.error_index(site)] = False
+                features[0].append(mine[feature].float().cpu())
+                features[1].append(truth[feature].float().cpu())
         for group, (xs, ys) in groups.items():
             x, y = torch.cat(xs), torch.cat(ys)
             rows.append({"method": label, "site": group, "r": pearson(x, y), "n_nodes": len(x)})
         x = torch.cat([torch.cat(xs) for xs, _ in groups.values()])
         y = torch.cat([torch.cat(ys) for _, ys in groups.values()])
         rows.append({"method": label, "site": POOLED, "r": pearson(x, y), "n_nodes": len(x)})
+        if not exact.components_only:
+            x, y = torch.cat(features[0]), torch.cat(features[1])
+            rows.append({"method": label, "site": FEATURES_POOLED, "r": pearson(x, y),
+                         "n_nodes": len(x)})
     return pd.DataFrame(rows, columns=["method", "site", "r", "n_nodes"])
 
 
@@ -86,6 +100,6 @@ def agreement_table(table: pd.DataFrame) -> str:
     for site in sites:
         cells = [f"{wide.loc[site, m]:.3f}" if not math.isnan(wide.loc[site, m]) else "n/a"
                  for m in methods]
-        name = f"**{site}**" if site == POOLED else site
+        name = f"**{site}**" if site in (POOLED, FEATURES_POOLED) else site
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

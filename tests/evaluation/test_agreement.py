@@ -56,3 +56,25 @@ def test_mismatched_scores_are_refused():
     other = Scores("atp", "toy", "sum", False, {"resid_0": torch.ones(1)}, 4, components_only=True)
     with pytest.raises(ValueError, match="do not match the exact scores"):
         agreement({"atp": other}, exact)
+
+
+def test_a_second_pooled_row_leaves_the_error_nodes_out():
+    """With dictionaries, "all features" pools every site's feature nodes without the error
+    nodes (each site's last node): a method exact on features but wrong on one large error node
+    has r 1 there and below 1 over all sites."""
+    exact_sites = {"resid_0": torch.tensor([1.0, -2.0, 0.5, 9.0]),
+                   "resid_1": torch.tensor([0.3, 0.0, -1.0, 4.0])}
+    wrong_errors = {k: torch.cat([v[:-1], -v[-1:]]) for k, v in exact_sites.items()}
+
+    def spliced(method: str, sites: dict[str, torch.Tensor]) -> Scores:
+        return Scores(method, "toy", "sum", False, sites, n_examples=4)
+
+    table = agreement({"atp": spliced("atp", wrong_errors)}, spliced("exact", exact_sites))
+    rows = table.set_index("site")
+    assert rows.loc["all features", "r"] == pytest.approx(1.0)
+    assert rows.loc["all features", "n_nodes"] == 5  # 3 + 2 moved features, no error nodes
+    assert rows.loc["all sites", "r"] < 0
+    assert "| **all features** |" in agreement_table(table)
+    bare = agreement({"atp": scores("atp", {"resid_0": torch.ones(3, 1)})},
+                     scores("exact", {"resid_0": torch.arange(3.0)[:, None]}))
+    assert "all features" not in set(bare["site"])  # components only: no error nodes
