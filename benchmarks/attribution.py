@@ -118,10 +118,29 @@ def agreement_markdown(model: SplicedModel, data: Dataset, args) -> str:
                          **own_options(spec, args))
 
     exact = scores("exact")
-    table = agreement({m: scores(m) for m in args.methods}, exact, by="site")
+    compared = {m: scores(m) for m in args.methods}
+    table = agreement(compared, exact, by="site")
     pooled = table[table["site"] == POOLED].set_index("method")["n_nodes"]
     counts = ", ".join(f"{m} {n}" for m, n in pooled.items())
-    return agreement_table(table) + f"\n\nNodes compared (pooled): {counts}."
+    return (agreement_table(table) + f"\n\nNodes compared (pooled): {counts}.\n\n"
+            + largest_nodes(exact, compared))
+
+
+def largest_nodes(exact, compared: dict, k: int = 8) -> str:
+    """The k nodes with the largest |exact| effect, and each method's score of them."""
+    nodes = [(site, i) for site, v in exact.sites.items() for i in range(v.numel())]
+    values = torch.cat([v.flatten() for v in exact.sites.values()])
+    top = [nodes[i] for i in values.abs().argsort(descending=True)[:k].tolist()]
+    lines = ["Largest exact effects (err: the site's error node):", "",
+             "| node | exact | " + " | ".join(compared) + " |",
+             "|---|---:|" + "---:|" * len(compared)]
+    for site, i in top:
+        name = f"{site}/err" if i == exact.error_index(site) and not exact.components_only \
+            else f"{site}/{i}"
+        cells = [f"{float(s.sites[site].flatten()[i]):+.3f}" for s in compared.values()]
+        lines.append(f"| {name} | {float(exact.sites[site].flatten()[i]):+.3f} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def own_options(spec: str, args) -> dict:
