@@ -231,7 +231,11 @@ def test_spliced_gemma_gradient_equals_plain(gemma: SplicedModel):
                                    atol=1e-4 * plain[hook].abs().max().item(), rtol=1e-3)
 
 
-def test_bare_gemma_and_site_filters(gemma: SplicedModel, instant: None):
+def test_bare_gemma_and_site_filters(gemma: SplicedModel, instant: None, tmp_path, monkeypatch):
+    import saes.loader
+
+    # without the dictionaries trained here (saes.trained) plain Gemma loads components only
+    monkeypatch.setattr(saes.loader, "trained_dictionaries", lambda: tmp_path / "none")
     bare = load("gemma-3-270m", device="cpu")
     assert bare.dictionaries == {} and bare.components_only and bare.prepend_bos
     assert load("gemma-3-270m", dictionaries=False, device="cpu").components_only

@@ -63,7 +63,11 @@ def test_unknown_model():
         load("gpt-5")
 
 
-def test_gemma_has_no_default_dictionaries():
+def test_gemma_has_no_default_dictionaries(tmp_path, monkeypatch):
+    """Before the dictionaries trained here are built (saes.trained), Gemma has no default."""
+    import saes.loader
+
+    monkeypatch.setattr(saes.loader, "trained_dictionaries", lambda: tmp_path / "none")
     with pytest.raises(ValueError, match="no default dictionaries; name a sae_lens release.*"
                                          "dictionaries=False"):
         load("gemma-3-270m", dictionaries=True)
