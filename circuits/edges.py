@@ -714,12 +714,7 @@ def _cut_edges(
     for up in (s for s in graph.sites if s.name in forward):
         downs = [s for s in graph.sites if (up.name, s.name) in weights]
         jvp = cut.jvp(up, downs)
-        slot, n_rows = up_slots[up.name]
-        per_row = CHUNK_FLOATS // math.prod(moves[up.name].shape) + 1
-        for start in range(0, n_rows, per_row):
-            rows = min(per_row, n_rows - start)
-            t, owner = _pack(moves[up.name], slot, start, rows)
-            keep = owner >= 0
+        for t, owner, keep in _chunks(moves[up.name], *up_slots[up.name]):
             for name, y in jvp(t).items():
                 if y is not None:
                     dots = _dots(cotangents[name], y)  # [R, b, n_down]
@@ -729,16 +724,20 @@ def _cut_edges(
                if (u.name, down.name) in weights and u.name not in forward]
         if not ups:
             continue
-        slot, n_rows = down_slots[down.name]
-        per_row = CHUNK_FLOATS // math.prod(cotangents[down.name].shape) + 1
-        for start in range(0, n_rows, per_row):
-            rows = min(per_row, n_rows - start)
-            v, owner = _pack(cotangents[down.name], slot, start, rows)
-            keep = owner >= 0
+        for v, owner, keep in _chunks(cotangents[down.name], *down_slots[down.name]):
             for name, g in cut.vjp(down, v, ups).items():
                 if g is not None:
                     dots = _dots(moves[name], g)  # [R, b, n_up]
                     weights[(name, down.name)].index_add_(0, owner[keep], dots[keep])
+
+
+def _chunks(vectors: _Vectors, slot: Tensor, n_rows: int):
+    """The packed rows of ``vectors`` (``_slots``) in chunks of about CHUNK_FLOATS: (rows
+    [R, b, pos, d], owner [R, b] (-1: empty), owner >= 0) per chunk."""
+    per_row = CHUNK_FLOATS // math.prod(vectors.shape) + 1
+    for start in range(0, n_rows, per_row):
+        packed, owner = _pack(vectors, slot, start, min(per_row, n_rows - start))
+        yield packed, owner, owner >= 0
 
 
 def _depth(site: Site) -> float:
