@@ -3,7 +3,8 @@
     python benchmarks/faithfulness.py --out runs/faithfulness [--n-train 100] [--n-test 40]
 
 On the model organism (or --model NAME --dictionaries STRING, e.g. gemma-3-270m trained; the
-neuron baseline then at the same sites; --methods adds e.g. column), for each construction:
+neuron baseline then at the same sites; --methods adds e.g. column, or relp:RULES for relp with
+the LRP rules RULES, as in benchmarks/attribution.py), for each construction:
 attribute on the train split with relp, ig and atp (the SAE dictionaries) and with relp on
 identity dictionaries (neurons as nodes, ``load(..., dictionaries="neurons")``); sweep the top-k
 circuits of each on the test split under mean ablation. Writes ``sweep.csv`` (every row, a
@@ -32,6 +33,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from attribution import variant  # noqa: E402  (benchmarks/ is sys.path[0])
+
 from circuits import attribute  # noqa: E402
 from circuits.select import select_nodes  # noqa: E402
 from evaluation import node_means, plot_sweep, sweep  # noqa: E402
@@ -44,6 +47,13 @@ SAE_METHODS = ("relp", "ig", "atp")
 NEURONS = "neurons (relp)"
 FIXED = (10, 25, 50, 100, 200, 400)
 TARGETS = (0.8, 0.9)
+
+
+def attribute_variant(model, data, spec: str, batch_size: int):
+    """Node scores of a method, or of relp:RULES (relp with those LRP rules)."""
+    name, rules = variant(spec)
+    options = {} if rules is None else {"rules": rules}
+    return attribute(model, data, name, progress=False, batch_size=batch_size, **options)
 
 
 def node_grid(total: int) -> list[int]:
@@ -107,7 +117,9 @@ def main() -> None:
                         help="as saes.load's dictionaries= (e.g. trained); the neuron baseline "
                              "is spliced at the same sites")
     parser.add_argument("--methods", nargs="+", default=list(SAE_METHODS),
-                        help=f"SAE methods ({' '.join(SAE_METHODS)}; column is another)")
+                        help=f"SAE methods ({' '.join(SAE_METHODS)}; column is another; "
+                             "relp:RULES is relp with the LRP rules RULES, e.g. "
+                             "relp:identity+ah)")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -127,8 +139,7 @@ def main() -> None:
         test = model.tokenize(sva.load(construction, split="test", n=args.n_test,
                                        tokenizer=tokenizer))
         start = time.perf_counter()
-        scores = {m: attribute(model, train, m, progress=False, batch_size=args.batch_size)
-                  for m in methods}
+        scores = {m: attribute_variant(model, train, m, args.batch_size) for m in methods}
         neuron_scores = attribute(neurons, train, "relp", progress=False,
                                   batch_size=args.batch_size)
         total = sum(v.numel() for v in scores["relp"].sites.values())
