@@ -16,9 +16,9 @@ tasks.sva (simple, within_rc, across_rc, across_pp), prompts generated with the 
     OMP_NUM_THREADS=1 python benchmarks/fidelity.py [--ioi-n 8] [--sva-n 16] [--rounds 2]
         [--tasks ioi,simple,...] [--methods atp,relp,...] [--per-example] [--out table.md]
 
-Methods (columns of the table): the registered atp, relp (LN + Identity + Half), relp+AH (the
-gemma default), atp+AH, atp*, relp*, column (within its default budget), and benchmark-only
-variants: atp+QK (AtP*'s QK fix without GradDrop), column-all (every moved node followed),
+Methods (columns of the table): the registered atp, relp (LN + Identity + Half), relp+AH (LN +
+Identity + Half + AH), atp+AH, relp (Id+AH) (Identity + AH), atp*, relp*, column (within its
+default budget), and benchmark-only variants: atp+QK (AtP*'s QK fix without GradDrop), column-all (every moved node followed),
 column-all+AH (R with frozen patterns), column-K (columns K blocks deep, then linear).
 
 Needs the Gemma GGUF packages or the cache of saes/gemma.py (about 3 GB of memory).
@@ -70,6 +70,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("relp", "relp", ("ln", "identity", "half")),  # the RelP paper's set
         Variant("relp+AH", "relp", ("ln", "identity", "half", "ah")),
         Variant("atp+AH", "relp", ("ah",)),
+        Variant("relp (Id+AH)", "relp", ("identity", "ah")),  # feature-level best on Gemma
         Variant("atp*", "atp*", magnitude=True),
         Variant("atp+QK", "atp+QK"),
         Variant("relp*", "relp*"),
