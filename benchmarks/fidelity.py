@@ -18,8 +18,9 @@ tasks.sva (simple, within_rc, across_rc, across_pp), prompts generated with the 
 
 Methods (columns of the table): the registered atp, relp (LN + Identity + Half), relp+AH (LN +
 Identity + Half + AH), atp+AH, relp (Id+AH) (Identity + AH), atp*, relp*, column (within its
-default budget), and benchmark-only variants: atp+QK (AtP*'s QK fix without GradDrop), column-all (every moved node followed),
-column-all+AH (R with frozen patterns), column-K (columns K blocks deep, then linear).
+default budget), and benchmark-only variants: atp+QK (AtP*'s QK fix without GradDrop),
+column-all (every moved node followed), column-all+AH (R with frozen patterns), column-K
+(columns K blocks deep, then linear).
 
 Needs the Gemma GGUF packages or the cache of saes/gemma.py (about 3 GB of memory).
 """
