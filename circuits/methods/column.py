@@ -11,13 +11,14 @@ other positions only through attention reading position p. This method follows t
              value (exact softmax): Δz_a[t] = A'_a[t] · V'_a - z_a[t];
     score    Σ_a Σ_{t≠p} Δz_a[t] · R_a[t]  +  [p is the metric's position] (metric(x_L) - metric)
 
-where R_a is RelP's propagation coefficient at hook_z of block a (the family's LRP rules without
-AH: after the hop the gradient does cross the later softmaxes; with the patterns frozen instead,
-IOI on Gemma-3-270M fell from r 0.91/0.97/0.93 to 0.89/0.89/0.84), read from one backward pass
-of the clean run. Exact where the node sits at the metric's position (a node there reaches the
-metric only through its column), and exact for a single attention layer followed by linear
-maps; otherwise the hops' further effects are linear and hops of different blocks and
-positions do not interact (IOI's S1 -> S2 -> END path is where that shows).
+where R_a is RelP's propagation coefficient at hook_z of block a (the family's LRP rules, or
+COLUMN_RULES' set where that names the family, without AH: after the hop the gradient does cross
+the later softmaxes; with the patterns frozen instead, IOI on Gemma-3-270M fell from r
+0.91/0.97/0.93 to 0.89/0.89/0.84), read from one backward pass of the clean run. Exact where the
+node sits at the metric's position (a node there reaches the metric only through its column),
+and exact for a single attention layer followed by linear maps; otherwise the hops' further
+effects are linear and hops of different blocks and positions do not interact (IOI's S1 -> S2
+-> END path is where that shows).
 
 Cost: AtP's 2 forward + 1 backward, plus one single-position forward per followed node from its
 block to the top (the clean keys and values serve as a cache) and one [heads, pos, pos] softmax
@@ -37,7 +38,7 @@ from circuits.attention import AttentionHooks, clean_qk, qk_supported, queries_k
 from circuits.attention import values as attention_values
 from circuits.context import AttributionContext
 from circuits.forward import Entry, Targets, metric
-from circuits.lrp_rules import rule_hooks, rules_for
+from circuits.lrp_rules import family_of, rule_hooks, rules_for
 from circuits.methods.base import RuledOptions, SiteScores
 from circuits.nodes import MovedNodes
 from circuits.types import RuleName
@@ -153,10 +154,21 @@ def column_patching(
     yield from ((s.name, o) for s, o in zip(sites, outs, strict=True))
 
 
+# Families whose column rules are not their RelP set without AH. Gemma: RelP's set is Identity +
+# AH (lrp_rules.py), but column's coefficient after the hop needs LN: on IOI, component level,
+# column with LN alone reads r 0.92/0.97/0.93 and without rules 0.80/0.95/0.82 (README "Fidelity
+# on Gemma-3-270M"), so column keeps LN + Identity + Half there.
+COLUMN_RULES: dict[str, tuple[RuleName, ...]] = {"gemma": ("ln", "identity", "half")}
+
+
 def column_rules(model: SplicedModel, rules: Sequence[str] | None) -> tuple[RuleName, ...]:
-    """The LRP rules column patching applies: the given (or the family's) rules without AH,
-    which it never applies (patterns frozen only with frozen_patterns=True; see the module
-    docstring). attribute() records these in Scores.options."""
+    """The LRP rules column patching applies: the given rules, else COLUMN_RULES' set for the
+    model's family, else the family's RelP set; AH left out in every case, as column never
+    applies it (patterns frozen only with frozen_patterns=True; see the module docstring).
+    attribute() records these in Scores.options."""
+    family = family_of(model)
+    if rules is None and family in COLUMN_RULES:
+        rules = COLUMN_RULES[family]
     return tuple(r for r in rules_for(model, rules) if r != "ah")
 
 

@@ -86,9 +86,9 @@ def test_column_budget_follows_the_largest_nodes_first(gemma, gemma_data):
 
 
 def test_column_records_the_rules_it_applies(gemma, gemma_data):
-    """Column patching never applies AH (module docstring): an explicit "ah", or the gemma
-    family's default that includes it, leaves the scores as without it, and Scores.options
-    records the rules without "ah"."""
+    """Column patching never applies AH (module docstring): an explicit "ah" leaves the scores
+    as without it, and Scores.options records the rules without "ah"; on gemma its default is
+    COLUMN_RULES' LN + Identity + Half, not RelP's Identity + AH."""
     kwargs = {"aggregation": "none", "per_example": True, "progress": False}
     with_ah = attribute(gemma, gemma_data, "column", rules=("ln", "identity", "ah"), **kwargs)
     without = attribute(gemma, gemma_data, "column", rules=("ln", "identity"), **kwargs)

@@ -7,7 +7,7 @@ import torch
 from circuits.attention import AttentionHooks, clean_qk
 from circuits.context import AttributionContext
 from circuits.forward import Targets, forward, valid_positions
-from circuits.lrp_rules import rule_hooks
+from circuits.lrp_rules import rule_hooks, rules_for
 from circuits.methods import atp_star, relp_star
 from circuits.methods.base import RuledOptions
 from circuits.nodes import site_delta
@@ -45,7 +45,7 @@ def test_relp_star_terms_are_the_difference_from_relp_with_ah(gemma, gemma_data)
     """RelP* - (RelP + AH) = Σ over reading layers of the QK terms (atp_star.qk_terms with
     ∂L/∂A of the RelP + AH backward): zero at the last residual site (no attention reads it),
     non-zero upstream."""
-    rules = ("ln", "identity", "half")
+    rules = tuple(r for r in rules_for(gemma, None) if r != "ah")  # relp*'s: the family's set
     star = scores(gemma, gemma_data, "relp*")
     ah = scores(gemma, gemma_data, "relp", rules=(*rules, "ah"))
     torch.testing.assert_close(star["resid_1"], ah["resid_1"], atol=1e-6, rtol=1e-5)
