@@ -27,14 +27,17 @@ Why the table says what it says. Gemma: Identity + AH, measured on Gemma-3-270M 
 activation patching. At component level (benchmarks/fidelity.py; README "Fidelity on
 Gemma-3-270M") adding AH (attention patterns constant) to LN + Identity + Half lifts Pearson r
 on IOI from 0.22 to 0.87 (residual stream) and from -0.22 to 0.80 (MLP outputs): the gradient
-through saturated attention patterns is what misleads there. At feature level, with the
-dictionaries trained here (benchmarks/attribution.py; README "Feature circuits on
-Gemma-3-270M"), dropping LN and Half from that set raises r over the features on every agreement
+through saturated attention patterns is what misleads there. Dropping LN and Half from that set
+keeps IOI (0.87 / 0.91 / 0.79 for residual / attention / MLP) and raises the four agreement
+constructions' residual-stream r from 0.69-0.74 to 0.79-0.90 and MLP r from 0.70-0.78 to
+0.77-0.92. At feature level, with the dictionaries trained here (benchmarks/attribution.py;
+README "Feature circuits on Gemma-3-270M"), it raises r over the features on every agreement
 construction (pooled 0.977-0.997 against 0.953-0.987) and over all nodes (0.88-0.94 against
 0.84-0.88), and keeps IOI's all-node r (0.972 against 0.974): LN alone breaks resid_5 (r -0.43
-on across_rc and across_pp), Half lowers r a little everywhere. Llama/Qwen keep LN + Identity +
-Half and NeoX/GPT-2 LN + Identity (the RelP paper's sets): nothing here measures them on a real
-checkpoint (the offline Pythia has random weights), so the measurement does not reach them.
+on across_rc and across_pp), Half lowers r a little everywhere. Column patching keeps LN there
+(methods/column.py, COLUMN_RULES). Llama/Qwen keep LN + Identity + Half and NeoX/GPT-2 LN +
+Identity (the RelP paper's sets): nothing here measures them on a real checkpoint (the offline
+Pythia has random weights), so the measurement does not reach them.
 """
 
 from __future__ import annotations
