@@ -17,10 +17,10 @@ tasks.sva (simple, within_rc, across_rc, across_pp), prompts generated with the 
         [--tasks ioi,simple,...] [--methods atp,relp,...] [--per-example] [--out table.md]
 
 Methods (columns of the table): the registered atp, relp (LN + Identity + Half), relp+AH (LN +
-Identity + Half + AH), atp+AH, relp (Id+AH) (Identity + AH), atp*, relp*, column (within its
-default budget), and benchmark-only variants: atp+QK (AtP*'s QK fix without GradDrop),
-column-all (every moved node followed), column-all+AH (R with frozen patterns), column-K
-(columns K blocks deep, then linear).
+Identity + Half + AH), relp (Id+AH) (Identity + AH, the gemma default), atp+AH, atp*, relp*
+(with LN + Identity + Half), column (within its default budget), and benchmark-only variants:
+atp+QK (AtP*'s QK fix without GradDrop), column-all (every moved node followed), column-all+AH
+(R with frozen patterns), column-K (columns K blocks deep, then linear).
 
 Needs the Gemma GGUF packages or the cache of saes/gemma.py (about 3 GB of memory).
 """
@@ -74,7 +74,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("relp (Id+AH)", "relp", ("identity", "ah")),  # feature-level best on Gemma
         Variant("atp*", "atp*", magnitude=True),
         Variant("atp+QK", "atp+QK"),
-        Variant("relp*", "relp*"),
+        Variant("relp*", "relp*", ("ln", "identity", "half")),  # + AH: RelP*'s own
         Variant("column", "column"),
         Variant("column-all", "column-all"),
         Variant("column-all+AH", "column-all+AH"),
@@ -84,7 +84,8 @@ VARIANTS: dict[str, Variant] = {
         *(Variant(f"column-{k}", f"column-{k}") for k in (2, 4, 8)),
     )
 }
-DEFAULT = ("atp", "relp", "relp+AH", "atp+AH", "atp*", "relp*", "column", "column-all")
+DEFAULT = ("atp", "relp", "relp+AH", "relp (Id+AH)", "atp+AH", "atp*", "relp*", "column",
+           "column-all")
 # benchmark-only entries of the method registry: variants of registered methods
 COLUMN = {"edges": "relp", "options": RuledOptions, "resolve_rules": column.column_rules}
 EXTRA = {
