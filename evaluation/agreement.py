@@ -3,8 +3,9 @@
 Pearson r between a method's scores and the exact scores, per site and over all sites pooled,
 on the nodes that moved (a non-zero score in either; nodes that never move score 0 in every
 method and would inflate r). Feature and error nodes are compared alike; with dictionaries a
-second pooled row leaves the error nodes out (an error node moves the whole unexplained part of
-its site at once, where first-order methods miss most; a few of them can decide the pooled r).
+second pooled row, and per site a "<site> features" row, leave the error nodes out (an error node
+moves the whole unexplained part of its site at once, where first-order methods miss most; a few
+of them can decide a site's or the pooled r).
 On a bare model the nodes are the components at each position. A method that scores
 magnitudes only (``signed`` False, e.g. atp*) is compared with |exact|. Reads scores; never
 computes them.
@@ -24,6 +25,7 @@ from circuits.scores import Scores
 
 POOLED = "all sites"
 FEATURES_POOLED = "all features"  # pooled over every site, error nodes left out
+FEATURES_OF = "{site} features"  # one site's feature nodes, its error node left out
 
 
 def pearson(x: Tensor, y: Tensor) -> float:
@@ -48,8 +50,9 @@ mlp; embed counts as resid), e.g. for a model without dictionaries."""
 
 
 def agreement(scores: Mapping[str, Scores], exact: Scores, by: GroupBy = "site") -> pd.DataFrame:
-    """One row per (method, site) plus a pooled row per method (and, with dictionaries, one
-    pooled over the feature nodes only): columns method, site, r, n_nodes (nodes compared).
+    """One row per (method, site) plus a pooled row per method (and, with dictionaries, one per
+    site and one pooled over the feature nodes only, FEATURES_OF and FEATURES_POOLED): columns
+    method, site, r, n_nodes (nodes compared).
     by="kind" pools the sites of each component kind (resid, attn, mlp) instead of one row per
     site: for a bare model, whose sites hold one node per position, the RelP paper's table."""
     if by not in ("site", "kind"):
@@ -65,7 +68,7 @@ def agreement(scores: Mapping[str, Scores], exact: Scores, by: GroupBy = "site")
                 f"{exact.aggregation}, averaged); attribute both on the same model and data"
             )
         groups: dict[str, tuple[list[Tensor], list[Tensor]]] = {}
-        features: tuple[list[Tensor], list[Tensor]] = ([], [])
+        features: dict[str, tuple[Tensor, Tensor]] = {}  # site -> its feature nodes
         for site, reference in exact.sites.items():
             truth = reference if s.signed else reference.abs()
             mine = s.sites[site].to(truth.device)
@@ -76,8 +79,7 @@ def agreement(scores: Mapping[str, Scores], exact: Scores, by: GroupBy = "site")
             if not exact.components_only:  # the error node is each site's last node
                 feature = moved.clone()
                 feature[..., exact.error_index(site)] = False
-                features[0].append(mine[feature].float().cpu())
-                features[1].append(truth[feature].float().cpu())
+                features[site] = (mine[feature].float().cpu(), truth[feature].float().cpu())
         for group, (xs, ys) in groups.items():
             x, y = torch.cat(xs), torch.cat(ys)
             rows.append({"method": label, "site": group, "r": pearson(x, y), "n_nodes": len(x)})
@@ -85,9 +87,14 @@ def agreement(scores: Mapping[str, Scores], exact: Scores, by: GroupBy = "site")
         y = torch.cat([torch.cat(ys) for _, ys in groups.values()])
         rows.append({"method": label, "site": POOLED, "r": pearson(x, y), "n_nodes": len(x)})
         if not exact.components_only:
-            x, y = torch.cat(features[0]), torch.cat(features[1])
+            x = torch.cat([x for x, _ in features.values()])
+            y = torch.cat([y for _, y in features.values()])
             rows.append({"method": label, "site": FEATURES_POOLED, "r": pearson(x, y),
                          "n_nodes": len(x)})
+            if by == "site":
+                rows += [{"method": label, "site": FEATURES_OF.format(site=site),
+                          "r": pearson(x, y), "n_nodes": len(x)}
+                         for site, (x, y) in features.items()]
     return pd.DataFrame(rows, columns=["method", "site", "r", "n_nodes"])
 
 

@@ -74,6 +74,9 @@ def test_a_second_pooled_row_leaves_the_error_nodes_out():
     assert rows.loc["all features", "r"] == pytest.approx(1.0)
     assert rows.loc["all features", "n_nodes"] == 5  # 3 + 2 moved features, no error nodes
     assert rows.loc["all sites", "r"] < 0
+    assert rows.loc["resid_0 features", "r"] == pytest.approx(1.0)  # per site, likewise
+    assert rows.loc["resid_0 features", "n_nodes"] == 3
+    assert rows.loc["resid_0", "r"] < 0
     assert "| **all features** |" in agreement_table(table)
     bare = agreement({"atp": scores("atp", {"resid_0": torch.ones(3, 1)})},
                      scores("exact", {"resid_0": torch.arange(3.0)[:, None]}))
