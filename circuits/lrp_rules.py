@@ -34,7 +34,7 @@ constructions' residual-stream r from 0.69-0.74 to 0.79-0.90 and MLP r from 0.70
 README "Feature circuits on Gemma-3-270M"), it raises r over the features on every agreement
 construction (pooled 0.977-0.997 against 0.953-0.987) and over all nodes (0.88-0.94 against
 0.84-0.88), and keeps IOI's all-node r (0.972 against 0.974): LN alone breaks resid_5 (r -0.43
-on across_rc and across_pp), Half lowers r a little everywhere. Column patching keeps LN there
+on across_rc and across_pp), Half alone lowers r over the features. Column patching keeps LN there
 (methods/column.py, COLUMN_RULES). Llama/Qwen keep LN + Identity + Half and NeoX/GPT-2 LN +
 Identity (the RelP paper's sets): nothing here measures them on a real checkpoint (the offline
 Pythia has random weights), so the measurement does not reach them.

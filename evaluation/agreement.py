@@ -93,8 +93,8 @@ def agreement(scores: Mapping[str, Scores], exact: Scores, by: GroupBy = "site")
                          "n_nodes": len(x)})
             if by == "site":
                 rows += [{"method": label, "site": FEATURES_OF.format(site=site),
-                          "r": pearson(x, y), "n_nodes": len(x)}
-                         for site, (x, y) in features.items()]
+                          "r": pearson(mine_f, truth_f), "n_nodes": len(mine_f)}
+                         for site, (mine_f, truth_f) in features.items()]
     return pd.DataFrame(rows, columns=["method", "site", "r", "n_nodes"])
 
 
